@@ -1,0 +1,50 @@
+# Tagwarden: `make run` starts the stack on loopback, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SYSTEM_PACKAGES := redis-server docker-registry skopeo
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit integration bench lint system-deps venv clean
+
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: system-deps venv
+	$(BIN)/tagwarden dev
+
+test: system-deps venv
+	$(BIN)/pytest -p no:cacheprovider
+
+unit: venv
+	$(BIN)/pytest -p no:cacheprovider tests/unit
+
+integration: system-deps venv
+	$(BIN)/pytest -p no:cacheprovider tests/integration
+
+bench: system-deps venv
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check service workers tests bench
+
+clean:
+	rm -rf .data

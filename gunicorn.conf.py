@@ -1,0 +1,20 @@
+"""Gunicorn settings for the gateway (`gunicorn -c gunicorn.conf.py 'service:create_app()'`)."""
+
+import os
+
+bind = os.environ.get("TAGWARDEN_BIND", "127.0.0.1:8080")
+# gthread: a blob upload holds a thread, not the worker's heartbeat, so a slow 2 GiB push is
+# never killed by --timeout (which for gthread only watches the worker's main loop).
+worker_class = "gthread"
+workers = int(os.environ.get("TAGWARDEN_WORKERS", "2"))
+threads = int(os.environ.get("TAGWARDEN_THREADS", "32"))
+timeout = 120
+graceful_timeout = 30
+keepalive = 75
+# Docker and skopeo send large auth/header blocks at times; keep the defaults' safety limits.
+limit_request_line = 8190
+limit_request_field_size = 16384
+accesslog = None  # the app logs one structured line per request itself
+errorlog = "-"
+loglevel = os.environ.get("TAGWARDEN_GUNICORN_LOGLEVEL", "warning")
+proc_name = "tagwarden-gateway"

@@ -1,0 +1,125 @@
+"""Settings from TAGWARDEN_* environment variables, validated once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ConfigError(f"{name}={value!r} is not a {'/'.join(schemes)} URL")
+    return value.rstrip("/")
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not an integer") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name}={number} is outside {low}..{high}")
+    return number
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean (true/false)")
+
+
+def _secret(name: str, value: str) -> str:
+    if value and len(value) < 16:
+        raise ConfigError(f"{name} must be at least 16 characters")
+    return value
+
+
+def _path(name: str, value: str, must_exist: bool) -> str:
+    if value and must_exist and not Path(value).exists():
+        raise ConfigError(f"{name}={value!r} does not exist")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration; one instance per process."""
+
+    registry_url: str = "http://127.0.0.1:5000"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    admin_token: str = ""
+    webhook_token: str = ""
+    policy_file: str = ""
+    vulndb: str = ""
+    public_url: str = ""
+    registry_timeout: int = 30
+    proxy_chunk_size: int = 1024 * 1024
+    queue_name: str = "tagwarden"
+    log_format: str = "json"
+    environments: tuple[str, ...] = field(default=("develop", "staging", "production"))
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Build settings from TAGWARDEN_* variables, raising ConfigError on a bad one."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        get = env.get
+        if (v := get("TAGWARDEN_REGISTRY_URL")) is not None:
+            values["registry_url"] = _url("TAGWARDEN_REGISTRY_URL", v, ("http", "https"))
+        if (v := get("TAGWARDEN_REDIS_URL")) is not None:
+            values["redis_url"] = _url(
+                "TAGWARDEN_REDIS_URL", v, ("redis", "rediss", "unix")
+            )
+        if (v := get("TAGWARDEN_PUBLIC_URL")) is not None and v:
+            values["public_url"] = _url("TAGWARDEN_PUBLIC_URL", v, ("http", "https"))
+        for key in ("admin_token", "webhook_token"):
+            name = f"TAGWARDEN_{key.upper()}"
+            if (v := get(name)) is not None:
+                values[key] = _secret(name, v)
+        if (v := get("TAGWARDEN_POLICY_FILE")) is not None:
+            values["policy_file"] = _path("TAGWARDEN_POLICY_FILE", v, must_exist=True)
+        if (v := get("TAGWARDEN_VULNDB")) is not None:
+            values["vulndb"] = _path("TAGWARDEN_VULNDB", v, must_exist=True)
+        if (v := get("TAGWARDEN_REGISTRY_TIMEOUT")) is not None:
+            values["registry_timeout"] = _int("TAGWARDEN_REGISTRY_TIMEOUT", v, 1, 3600)
+        if (v := get("TAGWARDEN_PROXY_CHUNK_SIZE")) is not None:
+            values["proxy_chunk_size"] = _int(
+                "TAGWARDEN_PROXY_CHUNK_SIZE", v, 64 * 1024, 64 * 1024 * 1024
+            )
+        if (v := get("TAGWARDEN_QUEUE")) is not None:
+            if not v.replace("-", "").replace("_", "").isalnum():
+                raise ConfigError(f"TAGWARDEN_QUEUE={v!r} must be letters, digits, - or _")
+            values["queue_name"] = v
+        if (v := get("TAGWARDEN_LOG_FORMAT")) is not None:
+            if v not in ("json", "text"):
+                raise ConfigError(f"TAGWARDEN_LOG_FORMAT={v!r} must be json or text")
+            values["log_format"] = v
+        return cls(**values)
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, Any]) -> Settings:
+        """Build settings from a dict of field names (tests) layered over the environment."""
+        base = cls.from_env()
+        known = {f.name for f in fields(cls)}
+        unknown = set(mapping) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        merged = {f.name: getattr(base, f.name) for f in fields(cls)}
+        merged.update(mapping)
+        return cls(**merged)
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """Read a boolean TAGWARDEN_* flag (used outside Settings, e.g. by the dev stack)."""
+    value = os.environ.get(name)
+    return default if value is None else _bool(name, value)

@@ -1,0 +1,1 @@
+"""Pure rules: tag classes, policy evaluation, promotion gates (no Flask, no Redis)."""

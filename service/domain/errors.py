@@ -1,0 +1,68 @@
+"""Domain exceptions; `service.errors.register_error_handlers` maps them to HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class InvalidRequest(DomainError):
+    """Input that is well-formed JSON but breaks a rule (400/422)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+class Unprocessable(InvalidRequest):
+    """Semantically invalid input (422), e.g. an unknown environment."""
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class IdempotencyMismatch(DomainError):
+    code = "idempotency_mismatch"
+
+
+class Unauthorized(DomainError):
+    code = "unauthorized"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+class PolicyDenied(DomainError):
+    """A decision said no; carries the violations."""
+
+    code = "policy_denied"
+
+    def __init__(self, message: str, decision: Any) -> None:
+        super().__init__(message)
+        self.decision = decision
+
+
+class RegistryUnavailable(DomainError):
+    code = "registry_unavailable"
+
+
+class StoreUnavailable(DomainError):
+    code = "store_unavailable"

@@ -1,0 +1,180 @@
+"""The /v2 blueprint: a streaming pass-through to the upstream registry, plus governance hooks."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from service.registry.client import RegistryClient
+
+bp = Blueprint("registry_proxy", __name__)
+
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Trailers",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+# Headers the gateway sets itself (or must not forward upstream).
+REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "expect"}
+RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+TAGS_LIST_RE = re.compile(r"^(?P<name>.+)/tags/list$")
+
+
+def registry_error(status: int, code: str, message: str, detail: Any = None) -> Response:
+    """A response in the registry's own error envelope."""
+    body = json.dumps({"errors": [{"code": code, "message": message, "detail": detail}]})
+    resp = Response(body, status=status, content_type="application/json; charset=utf-8")
+    resp.headers[API_VERSION[0]] = API_VERSION[1]
+    return resp
+
+
+def _client() -> RegistryClient:
+    return current_app.extensions["registry"]
+
+
+def public_origin() -> str:
+    """The origin clients use to reach the gateway (config wins over the Host header)."""
+    configured = current_app.extensions["settings"].public_url
+    if configured:
+        return configured
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
+def upstream_headers(origin: str) -> dict[str, str]:
+    """Client headers minus hop-by-hop ones, plus forwarding headers naming our origin."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in REQUEST_DROP}
+    proto, _, host = origin.partition("://")
+    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Host"] = host
+    remote = request.remote_addr or ""
+    prior = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
+    request_id = request.environ.get("tagwarden.request_id")
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return headers
+
+
+def _request_body() -> tuple[Any, bool, int | None]:
+    """(body, chunked, length): the client body as a stream, never read whole."""
+    length = request.content_length
+    if length is not None:
+        return (request.stream if length else None), False, length
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        return request.stream, True, None
+    return None, False, None
+
+
+def relay(upstream: Any, origin: str, head: bool = False) -> Response:
+    """Turn an upstream urllib3 response into a streamed Flask response."""
+    client = _client()
+    headers: list[tuple[str, str]] = []
+    for key, value in upstream.headers.items():
+        lower = key.lower()
+        if lower in RESPONSE_DROP:
+            continue
+        if lower == "location" and value.startswith(client.origin):
+            value = origin + value[len(client.origin) :]
+        headers.append((key, value))
+    chunk = current_app.extensions["settings"].proxy_chunk_size
+
+    def body() -> Iterator[bytes]:
+        try:
+            while True:
+                data = upstream.read(chunk)
+                if not data:
+                    break
+                yield data
+        finally:
+            upstream.release_conn()
+
+    if head or upstream.status in (204, 304):
+        upstream.release_conn()
+        resp = Response(status=upstream.status)
+    else:
+        resp = Response(body(), status=upstream.status, direct_passthrough=True)
+    resp.headers.clear()
+    for key, value in headers:
+        resp.headers.add(key, value)
+    return resp
+
+
+def forward(path: str) -> Response:
+    """Pass the current request through to the registry unchanged, streaming both ways."""
+    origin = public_origin()
+    headers = upstream_headers(origin)
+    body, chunked, length = _request_body()
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    query = request.query_string.decode("latin-1")
+    target = "/v2/" + path + (f"?{query}" if query else "")
+    upstream = _client().request(
+        request.method, target, headers=headers, body=body, chunked=chunked
+    )
+    return relay(upstream, origin, head=request.method == "HEAD")
+
+
+def tags_list(name: str) -> Response:
+    """Answer /tags/list the way the OCI spec says: sorted, `n`, `last`, and a Link header."""
+    raw_n = request.args.get("n")
+    last = request.args.get("last")
+    n: int | None = None
+    if raw_n is not None:
+        if not raw_n.isdigit():
+            return registry_error(
+                400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested",
+                {"n": raw_n},
+            )
+        n = int(raw_n)
+    upstream = _client().request(
+        "GET", f"/v2/{name}/tags/list", headers=upstream_headers(public_origin()), stream=False
+    )
+    if upstream.status != 200:
+        return relay_buffered(upstream)
+    tags = sorted(json.loads(upstream.data).get("tags") or [])
+    if last:
+        tags = [t for t in tags if t > last]
+    page, more = (tags, False) if n is None else (tags[:n], len(tags) > n)
+    resp = Response(
+        json.dumps({"name": name, "tags": page}), status=200, content_type="application/json"
+    )
+    resp.headers[API_VERSION[0]] = API_VERSION[1]
+    if more and page:
+        resp.headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={page[-1]}>; rel="next"'
+    return resp
+
+
+def relay_buffered(upstream: Any) -> Response:
+    """Relay a small, already-read upstream response."""
+    resp = Response(upstream.data, status=upstream.status)
+    resp.headers.clear()
+    for key, value in upstream.headers.items():
+        if key.lower() not in RESPONSE_DROP:
+            resp.headers.add(key, value)
+    return resp
+
+
+@bp.route("/v2/", methods=METHODS, defaults={"path": ""})
+@bp.route("/v2/<path:path>", methods=METHODS)
+def v2(path: str) -> Response:
+    """The Docker Registry HTTP API v2, proxied with policy enforcement."""
+    if request.method == "GET" and (match := TAGS_LIST_RE.match(path)):
+        return tags_list(match.group("name"))
+    return forward(path)

@@ -1,0 +1,182 @@
+"""Registry v2 client on a pooled urllib3 connection manager."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import quote, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from service.domain.errors import NotFound, RegistryUnavailable
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+INDEX_TYPES = MANIFEST_TYPES[1::2]
+ACCEPT_ALL = ", ".join(MANIFEST_TYPES)
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as stored: bytes, media type and their digest."""
+
+    body: bytes
+    media_type: str
+    digest: str
+
+    @property
+    def is_index(self) -> bool:
+        """True for a manifest list / OCI index."""
+        return self.media_type in INDEX_TYPES
+
+    def json(self) -> dict[str, Any]:
+        """The manifest parsed (never re-serialized for writing)."""
+        return json.loads(self.body)
+
+
+def sha256_digest(data: bytes) -> str:
+    """The registry digest of some bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class RegistryClient:
+    """Talks to one upstream registry over a shared keep-alive connection pool."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 2.0,
+        pool_size: int = 64,
+        blocksize: int = 1024 * 1024,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.netloc = parts.netloc
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
+        self.pool = urllib3.PoolManager(
+            num_pools=4, maxsize=pool_size, block=False, retries=False, blocksize=blocksize
+        )
+
+    # -- raw access, used by the /v2 proxy -------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | IO[bytes] | None = None,
+        chunked: bool = False,
+        stream: bool = True,
+        timeout: urllib3.Timeout | float | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send one request to the registry; raise RegistryUnavailable when it cannot answer."""
+        try:
+            return self.pool.request(
+                method,
+                self.base_url + path,
+                headers=headers or {},
+                body=body,
+                chunked=chunked,
+                preload_content=not stream,
+                decode_content=False,
+                redirect=False,
+                timeout=timeout or self.timeout,
+            )
+        except Urllib3Error as exc:
+            raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from None
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """True when GET /v2/ answers with the registry API version header."""
+        try:
+            resp = self.request("GET", "/v2/", stream=False, timeout=timeout)
+        except RegistryUnavailable:
+            return False
+        return resp.status < 500 and bool(resp.headers.get("Docker-Distribution-API-Version"))
+
+    # -- manifests -------------------------------------------------------------------------
+    def get_manifest(self, repository: str, reference: str) -> Manifest | None:
+        """Fetch a manifest by tag or digest with all four types accepted; None when absent."""
+        resp = self.request(
+            "GET",
+            f"/v2/{repository}/manifests/{quote(reference, safe=':')}",
+            headers={"Accept": ACCEPT_ALL},
+            stream=False,
+        )
+        if resp.status == 404:
+            return None
+        self._raise_for(resp, "GET manifest")
+        body = resp.data
+        return Manifest(body, resp.headers.get("Content-Type", ""), sha256_digest(body))
+
+    def head_manifest(self, repository: str, reference: str) -> str | None:
+        """The digest a tag or digest resolves to, or None."""
+        resp = self.request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{quote(reference, safe=':')}",
+            headers={"Accept": ACCEPT_ALL},
+            stream=False,
+        )
+        if resp.status == 404:
+            return None
+        self._raise_for(resp, "HEAD manifest")
+        return resp.headers.get("Docker-Content-Digest")
+
+    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
+        """Store the exact manifest bytes under a tag or digest; returns the digest."""
+        resp = self.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{quote(reference, safe=':')}",
+            headers={"Content-Type": manifest.media_type},
+            body=manifest.body,
+            stream=False,
+        )
+        self._raise_for(resp, "PUT manifest")
+        return resp.headers.get("Docker-Content-Digest") or manifest.digest
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete a manifest by digest (removes every tag on it); False when it was absent."""
+        resp = self.request("DELETE", f"/v2/{repository}/manifests/{digest}", stream=False)
+        if resp.status == 404:
+            return False
+        self._raise_for(resp, "DELETE manifest")
+        return True
+
+    def list_tags(self, repository: str) -> list[str] | None:
+        """Every tag of a repository (unsorted, as 2.8 gives them), None when unknown."""
+        resp = self.request("GET", f"/v2/{repository}/tags/list", stream=False)
+        if resp.status == 404:
+            return None
+        self._raise_for(resp, "GET tags")
+        return list(json.loads(resp.data).get("tags") or [])
+
+    def require_manifest(self, repository: str, reference: str) -> Manifest:
+        """Like get_manifest, but NotFound naming the reference when absent."""
+        manifest = self.get_manifest(repository, reference)
+        if manifest is None:
+            raise NotFound(f"manifest {repository}:{reference} not found in the registry")
+        return manifest
+
+    @staticmethod
+    def _raise_for(resp: urllib3.BaseHTTPResponse, what: str) -> None:
+        if resp.status < 400:
+            return
+        if resp.status >= 500:
+            raise RegistryUnavailable(f"registry answered {resp.status} to {what}")
+        detail = ""
+        try:
+            errors = json.loads(resp.data or b"{}").get("errors") or []
+            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+        except (ValueError, AttributeError):
+            detail = ""
+        raise RegistryUnavailable(f"registry refused {what} ({resp.status}) {detail}".strip())

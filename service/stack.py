@@ -1,0 +1,196 @@
+"""`make run`: Redis, the registry, the gateway and a worker on loopback, supervised together."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.registry.config import render_registry_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start in its own process group so it can be stopped as a whole."""
+        handle = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+        )
+        handle.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the whole process group, ignoring one that is already gone."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _secret_file(data: Path) -> dict[str, str]:
+    """Tokens generated once per data dir (kept so a restart keeps working credentials)."""
+    path = data / "secrets.env"
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition("=")
+            values[name] = value
+    for name in ("TAGWARDEN_ADMIN_TOKEN", "TAGWARDEN_WEBHOOK_TOKEN", "REGISTRY_HTTP_SECRET"):
+        values.setdefault(name, "tw_" + secrets.token_urlsafe(32))
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    path.chmod(0o600)
+    return values
+
+
+def _need(binary: str) -> str:
+    found = shutil.which(binary)
+    if not found:
+        sys.exit(f"tagwarden dev: '{binary}' not found; run `make run` (it installs it)")
+    return found
+
+
+def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(c.proc and c.proc.poll() is not None for c in children):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def build_children(data: Path) -> tuple[list[Child], dict[str, str]]:
+    """The four processes of the stack with their configuration."""
+    bind = os.environ.get("TAGWARDEN_BIND", "127.0.0.1:8080")
+    redis_addr = os.environ.get("TAGWARDEN_REDIS_ADDR", "127.0.0.1:6380")
+    registry_addr = os.environ.get("TAGWARDEN_REGISTRY_ADDR", "127.0.0.1:5000")
+    tokens = _secret_file(data)
+    env = dict(os.environ)  # every TAGWARDEN_* the user set reaches gateway and worker
+    env.setdefault("TAGWARDEN_ADMIN_TOKEN", tokens["TAGWARDEN_ADMIN_TOKEN"])
+    env.setdefault("TAGWARDEN_WEBHOOK_TOKEN", tokens["TAGWARDEN_WEBHOOK_TOKEN"])
+    env.setdefault("TAGWARDEN_REDIS_URL", f"redis://{redis_addr}/0")
+    env.setdefault("TAGWARDEN_REGISTRY_URL", f"http://{registry_addr}")
+    env["TAGWARDEN_BIND"] = bind
+    (data / "redis").mkdir(exist_ok=True)
+    (data / "registry").mkdir(exist_ok=True)
+    (data / "logs").mkdir(exist_ok=True)
+    config = data / "registry.yml"
+    config.write_text(
+        render_registry_config(
+            data_dir=str(data / "registry"),
+            addr=registry_addr,
+            secret=tokens["REGISTRY_HTTP_SECRET"],
+            webhook_url=f"http://{bind}/api/v1/webhooks/registry",
+            webhook_token=env["TAGWARDEN_WEBHOOK_TOKEN"],
+        )
+    )
+    config.chmod(0o600)
+    rhost, _, rport = redis_addr.rpartition(":")
+    bin_dir = Path(sys.executable).parent
+    logs = data / "logs"
+    children = [
+        Child("redis", [_need("redis-server"), "--bind", rhost, "--port", rport,
+                        "--dir", str(data / "redis"), "--appendonly", "yes",
+                        "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes"],
+              env, logs / "redis.log"),
+        Child("registry", [_need("docker-registry"), "serve", str(config)], env,
+              logs / "registry.log"),
+        Child("gateway", [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+                          "service:create_app()"], env, logs / "gateway.log"),
+        Child("worker", [str(bin_dir / "tagwarden"), "worker"], env, logs / "worker.log"),
+    ]
+    return children, env
+
+
+def banner(env: dict[str, str], data: Path) -> str:
+    """What a newcomer needs to start pushing."""
+    bind = env["TAGWARDEN_BIND"]
+    return f"""
+Tagwarden is up.
+  gateway   http://{bind}   (docs: http://{bind}/docs, readiness: http://{bind}/readyz)
+  registry  {env['TAGWARDEN_REGISTRY_URL']}   (upstream; push and pull through the gateway)
+  redis     {env['TAGWARDEN_REDIS_URL']}
+  data      {data}   logs in {data / 'logs'}
+  admin token: {env['TAGWARDEN_ADMIN_TOKEN']}
+
+Push an image through the gateway:
+  skopeo copy --dest-tls-verify=false --dest-creds ci:{env['TAGWARDEN_ADMIN_TOKEN']} \\
+      docker-archive:image.tar docker://{bind}/team/app:v1.0.0
+
+Ctrl-C stops everything.
+"""
+
+
+def run() -> int:
+    """Start the stack, supervise it, stop it all on Ctrl-C or when any process dies."""
+    data = Path(os.environ.get("TAGWARDEN_DATA_DIR", ROOT / ".data")).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    children, env = build_children(data)
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    for child in children:
+        child.start()
+    code = 0
+    try:
+        if not _wait_ready(f"http://{env['TAGWARDEN_BIND']}/readyz", children):
+            dead = [c.name for c in children if c.proc and c.proc.poll() is not None]
+            print(f"tagwarden dev: stack not ready (stopped: {', '.join(dead) or 'none'}); "
+                  f"see {data / 'logs'}", file=sys.stderr)
+            return 1
+        print(banner(env, data), flush=True)
+        while not stopping:
+            dead = [c for c in children if c.proc and c.proc.poll() is not None]
+            if dead:
+                names = ", ".join(f"{c.name} (exit {c.proc.returncode})" for c in dead if c.proc)
+                print(f"tagwarden dev: {names} died; stopping the whole stack "
+                      f"(see {data / 'logs'})", file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.5)
+    finally:
+        shutdown(children)
+    return code
+
+
+def shutdown(children: list[Child]) -> None:
+    """SIGTERM everything in reverse order, SIGKILL what is left after 10 s."""
+    for child in reversed(children):
+        child.stop()
+    deadline = time.monotonic() + 10
+    for child in reversed(children):
+        while child.proc and child.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child.stop(signal.SIGKILL)
+        if child.proc:
+            child.proc.wait()
+    print("tagwarden dev: stopped.", file=sys.stderr)

@@ -1,0 +1,191 @@
+"""Start real redis-server, docker-registry and gunicorn processes for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from service.registry.config import render_registry_config  # noqa: E402
+
+WEBHOOK_TOKEN = "test-webhook-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    """Block until something accepts on 127.0.0.1:port (or fail naming the port)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def wait_http(url: str, timeout: float = 30.0, status: int = 200) -> None:
+    """Block until GET url answers with `status`."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == status:
+                    return
+                last = resp.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+            if exc.code == status:
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not answering {status} after {timeout}s (last: {last})")
+
+
+@dataclass
+class Proc:
+    """A started process that can be stopped, killed and restarted with the same argv."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    extra: dict = field(default_factory=dict)
+
+    def start(self, wait: bool = True) -> Proc:
+        """Start (in its own process group) and wait for the port."""
+        handle = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+        )
+        handle.close()
+        if wait:
+            wait_port(self.port, self.proc)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the process group; SIGKILL after `timeout`."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once."""
+        self.stop(signal.SIGKILL)
+
+    def rss(self) -> int:
+        """Resident memory of the process and all its children, in bytes."""
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the process log (for failure messages)."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def redis_server(workdir: Path, *, fsync: str = "everysec") -> Proc:
+    """A real redis-server with AOF on, data in workdir."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
+            "--port", str(port), "--dir", str(workdir), "--appendonly", "yes",
+            "--appendfsync", fsync, "--save", "", "--protected-mode", "yes"]
+    return Proc("redis", argv, dict(os.environ), workdir / "redis.log", port).start()
+
+
+def registry_server(workdir: Path, webhook_url: str, *, port: int | None = None) -> Proc:
+    """A real docker-registry (distribution 2.8) with its notifications sent to webhook_url."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = workdir / "config.yml"
+    config.write_text(render_registry_config(
+        data_dir=str(workdir / "data"), addr=f"127.0.0.1:{port}", secret="test-registry-secret",
+        webhook_url=webhook_url, webhook_token=WEBHOOK_TOKEN,
+    ))
+    argv = [shutil.which("docker-registry") or "docker-registry", "serve", str(config)]
+    proc = Proc("registry", argv, dict(os.environ), workdir / "registry.log", port).start()
+    wait_http(f"http://127.0.0.1:{port}/v2/")
+    return proc
+
+
+def gateway_env(redis_port: int, registry_port: int, **extra: str) -> dict[str, str]:
+    """Environment for a gateway or worker talking to the given services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGWARDEN_")}
+    env.update({
+        "TAGWARDEN_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "TAGWARDEN_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
+        "TAGWARDEN_ADMIN_TOKEN": ADMIN_TOKEN,
+        "TAGWARDEN_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        "TAGWARDEN_LOG_FORMAT": "text",
+    })
+    env.update(extra)
+    return env
+
+
+def gateway_server(workdir: Path, env: dict[str, str], *, port: int | None = None,
+                   workers: int = 2, threads: int = 16) -> Proc:
+    """The real gateway under gunicorn with the repository's gunicorn.conf.py."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    env = dict(env, TAGWARDEN_BIND=f"127.0.0.1:{port}", TAGWARDEN_WORKERS=str(workers),
+               TAGWARDEN_THREADS=str(threads))
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+            "service:create_app()"]
+    proc = Proc("gateway", argv, env, workdir / f"gateway-{port}.log", port).start()
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
+def worker_process(workdir: Path, env: dict[str, str], name: str = "worker") -> Proc:
+    """A real RQ worker subprocess (`tagwarden worker`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [str(Path(sys.executable).parent / "tagwarden"), "worker"]
+    return Proc(name, argv, env, workdir / f"{name}.log", 0).start(wait=False)

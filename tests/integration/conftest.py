@@ -1,0 +1,81 @@
+"""Real redis-server, docker-registry and gunicorn gateway, started once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from tests.helpers import procs
+
+
+@dataclass
+class Stack:
+    """Where the services of one test stack listen, and their processes."""
+
+    redis: procs.Proc
+    registry: procs.Proc
+    gateway: procs.Proc
+    workdir: Path
+    env: dict[str, str]
+
+    @property
+    def gw(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+    @property
+    def gw_url(self) -> str:
+        return f"http://{self.gw}"
+
+    @property
+    def reg(self) -> str:
+        return f"127.0.0.1:{self.registry.port}"
+
+    @property
+    def reg_url(self) -> str:
+        return f"http://{self.reg}"
+
+    def redis_client(self) -> redis.Redis:
+        return redis.Redis(port=self.redis.port, decode_responses=True)
+
+    def admin(self) -> requests.Session:
+        """A session carrying the bootstrap admin token."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {procs.ADMIN_TOKEN}"
+        return session
+
+    def stop(self) -> None:
+        for proc in (self.gateway, self.registry, self.redis):
+            proc.stop()
+
+
+def start_stack(workdir: Path, **env_extra: str) -> Stack:
+    """Redis, a registry notifying the gateway, and the gateway under gunicorn."""
+    redis_proc = procs.redis_server(workdir / "redis")
+    gw_port = procs.free_port()
+    registry = procs.registry_server(
+        workdir / "registry", f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry"
+    )
+    env = procs.gateway_env(redis_proc.port, registry.port, **env_extra)
+    gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
+    return Stack(redis_proc, registry, gateway, workdir, env)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The shared stack for integration tests."""
+    s = start_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A stack of its own, for tests that stop or break services."""
+    s = start_stack(tmp_path)
+    yield s
+    s.stop()

@@ -1,0 +1,82 @@
+"""A 256 MiB blob through the gateway both ways keeps the gateway's memory flat."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import requests
+
+from tests.integration.conftest import Stack
+
+MIB = 1024 * 1024
+SIZE = 256 * MIB
+
+
+def _chunks(seed: bytes, total: int, digest: hashlib._Hash):
+    block = hashlib.sha256(seed).digest() * (MIB // 32)
+    sent = 0
+    counter = 0
+    while sent < total:
+        # vary each MiB so nothing upstream can deduplicate or compress it away
+        chunk = counter.to_bytes(8, "big") + block[8:]
+        counter += 1
+        digest.update(chunk)
+        sent += len(chunk)
+        yield chunk
+
+
+class PeakRss:
+    """Samples the gateway's RSS (master + workers) every 20 ms."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.stack.gateway.rss())
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_large_blob_streams_with_flat_gateway_memory(stack: Stack):
+    # warm up: imports, pools and threads exist before the baseline is taken
+    requests.get(f"{stack.gw_url}/v2/", timeout=10)
+    baseline = stack.gateway.rss()
+    upload = requests.post(f"{stack.gw_url}/v2/team/big/blobs/uploads/", timeout=10)
+    assert upload.status_code == 202
+    digest = hashlib.sha256()
+    with PeakRss(stack) as push_peak:
+        patched = requests.patch(upload.headers["Location"],
+                                 data=_chunks(b"big", SIZE, digest), timeout=300)
+        assert patched.status_code == 202, patched.text
+        ref = "sha256:" + digest.hexdigest()
+        done = requests.put(f"{patched.headers['Location']}&digest={ref}", timeout=60)
+        assert done.status_code == 201, done.text
+
+    received = hashlib.sha256()
+    size = 0
+    with PeakRss(stack) as pull_peak:
+        with requests.get(f"{stack.gw_url}/v2/team/big/blobs/{ref}", stream=True,
+                          timeout=300) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["Content-Length"] == str(SIZE)
+            for chunk in resp.iter_content(MIB):
+                received.update(chunk)
+                size += len(chunk)
+    assert size == SIZE
+    assert "sha256:" + received.hexdigest() == ref
+    growth = max(push_peak.peak, pull_peak.peak) - baseline
+    print(f"baseline {baseline / MIB:.1f} MiB, growth {growth / MIB:.1f} MiB")
+    assert growth < 64 * MIB, f"gateway RSS grew by {growth / MIB:.1f} MiB"

@@ -1,0 +1,1 @@
+"""RQ jobs: scanner, webhook events, notifications, reconciliation (never imports Flask)."""
