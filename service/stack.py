@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     log: Path
+    port: str = ""  # host:port to wait for before starting the next child
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -66,6 +68,21 @@ def _need(binary: str) -> str:
     if not found:
         sys.exit(f"tagwarden dev: '{binary}' not found; run `make run` (it installs it)")
     return found
+
+
+def _wait_port(child: Child, children: list[Child], timeout: float = 20.0) -> bool:
+    """Wait until the child's address accepts connections (so the next one can use it)."""
+    host, _, port = child.port.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc and child.proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
@@ -116,9 +133,9 @@ def build_children(data: Path) -> tuple[list[Child], dict[str, str]]:
         Child("redis", [_need("redis-server"), "--bind", rhost, "--port", rport,
                         "--dir", str(data / "redis"), "--appendonly", "yes",
                         "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes"],
-              env, logs / "redis.log"),
+              env, logs / "redis.log", redis_addr),
         Child("registry", [_need("docker-registry"), "serve", str(config)], env,
-              logs / "registry.log"),
+              logs / "registry.log", registry_addr),
         Child("gateway", [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
                           "service:create_app()"], env, logs / "gateway.log"),
         Child("worker", [str(bin_dir / "tagwarden"), "worker"], env, logs / "worker.log"),
@@ -160,6 +177,10 @@ def run() -> int:
     signal.signal(signal.SIGTERM, _stop)
     for child in children:
         child.start()
+        if child.port and not _wait_port(child, children):
+            shutdown(children)
+            print(f"tagwarden dev: {child.name} did not start; see {child.log}", file=sys.stderr)
+            return 1
     code = 0
     try:
         if not _wait_ready(f"http://{env['TAGWARDEN_BIND']}/readyz", children):
@@ -183,11 +204,10 @@ def run() -> int:
 
 
 def shutdown(children: list[Child]) -> None:
-    """SIGTERM everything in reverse order, SIGKILL what is left after 10 s."""
+    """Stop in reverse order (worker first, Redis last), SIGKILL what lingers past 10 s."""
     for child in reversed(children):
         child.stop()
-    deadline = time.monotonic() + 10
-    for child in reversed(children):
+        deadline = time.monotonic() + 10
         while child.proc and child.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         child.stop(signal.SIGKILL)
