@@ -18,3 +18,16 @@ accesslog = None  # the app logs one structured line per request itself
 errorlog = "-"
 loglevel = os.environ.get("TAGWARDEN_GUNICORN_LOGLEVEL", "warning")
 proc_name = "tagwarden-gateway"
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
+    """Validate TAGWARDEN_* settings once, before any worker starts; exit naming the variable."""
+    import sys
+
+    from service.config import ConfigError, Settings
+
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        print(f"tagwarden: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)

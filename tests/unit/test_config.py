@@ -1,0 +1,63 @@
+"""Settings validation: every bad variable is named in the error."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import ConfigError, Settings
+
+
+def test_defaults_without_environment():
+    settings = Settings.from_env({})
+    assert settings.registry_url == "http://127.0.0.1:5000"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.proxy_chunk_size == 1024 * 1024
+
+
+def test_values_are_read_and_normalised(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("[]")
+    settings = Settings.from_env({
+        "TAGWARDEN_REGISTRY_URL": "http://registry:5000/",
+        "TAGWARDEN_REDIS_URL": "redis://redis:6379/2",
+        "TAGWARDEN_ADMIN_TOKEN": "x" * 32,
+        "TAGWARDEN_POLICY_FILE": str(policy),
+        "TAGWARDEN_LOG_FORMAT": "text",
+    })
+    assert settings.registry_url == "http://registry:5000"
+    assert settings.redis_url == "redis://redis:6379/2"
+    assert settings.policy_file == str(policy)
+    assert settings.log_format == "text"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("TAGWARDEN_REGISTRY_URL", "registry:5000", "TAGWARDEN_REGISTRY_URL"),
+        ("TAGWARDEN_REGISTRY_URL", "ftp://x", "TAGWARDEN_REGISTRY_URL"),
+        ("TAGWARDEN_REDIS_URL", "http://redis", "TAGWARDEN_REDIS_URL"),
+        ("TAGWARDEN_ADMIN_TOKEN", "short", "TAGWARDEN_ADMIN_TOKEN"),
+        ("TAGWARDEN_WEBHOOK_TOKEN", "short", "TAGWARDEN_WEBHOOK_TOKEN"),
+        ("TAGWARDEN_POLICY_FILE", "/nonexistent/policy.yaml", "TAGWARDEN_POLICY_FILE"),
+        ("TAGWARDEN_VULNDB", "/nonexistent/osv", "TAGWARDEN_VULNDB"),
+        ("TAGWARDEN_REGISTRY_TIMEOUT", "soon", "TAGWARDEN_REGISTRY_TIMEOUT"),
+        ("TAGWARDEN_REGISTRY_TIMEOUT", "0", "TAGWARDEN_REGISTRY_TIMEOUT"),
+        ("TAGWARDEN_PROXY_CHUNK_SIZE", "10", "TAGWARDEN_PROXY_CHUNK_SIZE"),
+        ("TAGWARDEN_LOG_FORMAT", "xml", "TAGWARDEN_LOG_FORMAT"),
+        ("TAGWARDEN_QUEUE", "a b", "TAGWARDEN_QUEUE"),
+    ],
+)
+def test_bad_values_name_the_variable(name, value, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Settings.from_env({name: value})
+
+
+def test_secret_values_never_appear_in_errors():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TAGWARDEN_ADMIN_TOKEN": "sekrit"})
+    assert "sekrit" not in str(info.value)
+
+
+def test_from_mapping_rejects_unknown_settings():
+    with pytest.raises(ConfigError, match="unknown settings: bogus"):
+        Settings.from_mapping({"bogus": 1})
