@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask
-from flask_smorest import Api
-from rq import Queue
+from flask_smorest import Api, Blueprint
 
-from service import logs, proxy, store
-from service.config import Settings
+from service import logs, proxy
+from service.config import ConfigError, Settings
+from service.domain.errors import InvalidRequest
 from service.errors import register_error_handlers
 from service.health import bp as health_bp
-from service.registry.client import RegistryClient
+from service.schemas.policy import load_policy_file
+from service.services import Services
+
+log = logging.getLogger("tagwarden.app")
 
 API_SPEC = {
     "API_TITLE": "Tagwarden",
@@ -31,6 +35,37 @@ def _settings(config: Any) -> Settings:
     return Settings.from_mapping(dict(config))
 
 
+def api_blueprints() -> list[Blueprint]:
+    """Every /api/v1 blueprint, in the order the spec lists them."""
+    from service.api import policies
+
+    return [policies.blp]
+
+
+def seed_policies(app: Flask, svc: Services) -> None:
+    """Load TAGWARDEN_POLICY_FILE (a bad file stops the process); store it now or on the
+    first request if Redis is not up yet."""
+    path = svc.settings.policy_file
+    if not path:
+        return
+    try:
+        policies = load_policy_file(path)
+    except InvalidRequest as exc:
+        details = "; ".join(f"{k}: {', '.join(v)}" for k, v in exc.errors.items())
+        raise ConfigError(f"TAGWARDEN_POLICY_FILE: {exc.message} {details}".strip()) from None
+    try:
+        svc.policies.seed(policies)
+        return
+    except redis.RedisError:
+        log.warning("redis not reachable; policies from %s will be stored later", path)
+
+    @app.before_request
+    def _seed_late() -> None:
+        if not app.extensions.get("policies_seeded"):
+            svc.policies.seed(policies)
+            app.extensions["policies_seeded"] = True
+
+
 def create_app(config: Any = None) -> Flask:
     """Build the gateway: settings validated, clients in app.extensions, blueprints mounted."""
     settings = _settings(config)
@@ -38,21 +73,18 @@ def create_app(config: Any = None) -> Flask:
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = None  # /v2 bodies are streamed; API limits per route
     logs.configure(app, settings.log_format)
-    redis_client = store.connect(settings.redis_url)
-    rq_redis = store.connect(settings.redis_url, decode=False)
+    svc = Services.build(settings)
+    app.extensions["tagwarden"] = svc
     app.extensions["settings"] = settings
-    app.extensions["redis"] = redis_client
-    app.extensions["rq_redis"] = rq_redis
-    app.extensions["queue"] = Queue(settings.queue_name, connection=rq_redis)
-    app.extensions["registry"] = RegistryClient(
-        settings.registry_url,
-        timeout=settings.registry_timeout,
-        blocksize=settings.proxy_chunk_size,
-    )
+    app.extensions["redis"] = svc.redis
+    app.extensions["queue"] = svc.queue
+    app.extensions["registry"] = svc.registry
+    seed_policies(app, svc)
     api = Api(app)
     app.extensions["api"] = api
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(proxy.bp)
-    logging.getLogger("tagwarden").debug("gateway configured for %s", settings.registry_url)
+    for blueprint in api_blueprints():
+        api.register_blueprint(blueprint)
     return app

@@ -37,6 +37,9 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "rate_limited",
+    500: "internal_error",
+    502: "registry_unavailable",
+    503: "unavailable",
 }
 REGISTRY_CODES = {
     400: "UNSUPPORTED",
@@ -119,8 +122,11 @@ def handle_http(exc: HTTPException) -> Response:
         # webargs nests by location ("json", "query"); the field path is what users need.
         if isinstance(messages, dict) and set(messages) <= {"json", "query", "headers", "form"}:
             merged: dict[str, Any] = {}
-            for part in messages.values():
-                merged.update(part)
+            for location, part in messages.items():
+                if isinstance(part, dict):
+                    merged.update(part)
+                else:
+                    merged.setdefault("body" if location == "json" else location, part)
             messages = merged
         errors = flatten_messages(messages)
         fields = ", ".join(sorted(errors))

@@ -7,9 +7,17 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
-from service.registry.client import RegistryClient
+from service import governance
+from service.domain.tags import valid_repository, valid_tag
+from service.registry.client import (
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    RegistryClient,
+    sha256_digest,
+)
+from service.services import Services
 
 bp = Blueprint("registry_proxy", __name__)
 
@@ -33,6 +41,8 @@ REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "expect"
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 TAGS_LIST_RE = re.compile(r"^(?P<name>.+)/tags/list$")
+MANIFEST_RE = re.compile(r"^(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def registry_error(status: int, code: str, message: str, detail: Any = None) -> Response:
@@ -161,14 +171,119 @@ def tags_list(name: str) -> Response:
     return resp
 
 
-def relay_buffered(upstream: Any) -> Response:
+def relay_buffered(upstream: Any, origin: str | None = None) -> Response:
     """Relay a small, already-read upstream response."""
     resp = Response(upstream.data, status=upstream.status)
     resp.headers.clear()
+    client = _client()
     for key, value in upstream.headers.items():
-        if key.lower() not in RESPONSE_DROP:
-            resp.headers.add(key, value)
+        if key.lower() in RESPONSE_DROP:
+            continue
+        if origin and key.lower() == "location" and value.startswith(client.origin):
+            value = origin + value[len(client.origin) :]
+        resp.headers.add(key, value)
     return resp
+
+
+def _services() -> Services:
+    return current_app.extensions["tagwarden"]
+
+
+def _actor() -> str | None:
+    return g.get("actor_name")
+
+
+def _check_reference(name: str, ref: str) -> Response | None:
+    """Registry-format 400 for a bad name or reference, before anything else happens."""
+    if not valid_repository(name):
+        return registry_error(400, "NAME_INVALID", "invalid repository name", {"name": name})
+    if ref.startswith("sha256:") or ":" in ref:
+        if not DIGEST_RE.match(ref):
+            return registry_error(400, "DIGEST_INVALID", "provided digest did not match "
+                                  "uploaded content", {"reference": ref})
+    elif not valid_tag(ref):
+        return registry_error(400, "TAG_INVALID", "manifest tag did not match URI",
+                              {"tag": ref})
+    return None
+
+
+def _read_manifest_body() -> bytes | Response:
+    """The manifest bytes, refused above 4 MiB without reading them all."""
+    if (request.content_length or 0) > MAX_MANIFEST_BYTES:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              "manifest exceeds 4 MiB")
+    body = request.stream.read(MAX_MANIFEST_BYTES + 1)
+    if len(body) > MAX_MANIFEST_BYTES:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              "manifest exceeds 4 MiB")
+    return body
+
+
+def _validate_manifest(body: bytes, media_type: str) -> Response | None:
+    if media_type not in MANIFEST_TYPES:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              f"unsupported manifest media type {media_type!r}; "
+                              f"use one of {', '.join(MANIFEST_TYPES)}")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              f"manifest is not valid JSON: {exc}")
+    if not isinstance(parsed, dict):
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              "manifest must be a JSON object")
+    declared = parsed.get("mediaType")
+    if declared is not None and declared != media_type:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              f"mediaType {declared!r} does not match Content-Type "
+                              f"{media_type!r}")
+    return None
+
+
+def put_manifest(name: str, ref: str) -> Response:
+    """Govern a manifest PUT: classify and check the tag before the registry sees a byte."""
+    body = _read_manifest_body()
+    if isinstance(body, Response):
+        return body
+    media_type = (request.mimetype or "").strip()
+    if (bad := _validate_manifest(body, media_type)) is not None:
+        return bad
+    digest = sha256_digest(body)
+    if DIGEST_RE.match(ref):
+        if ref != digest:
+            return registry_error(400, "DIGEST_INVALID", "provided digest did not match "
+                                  "uploaded content", {"expected": ref, "computed": digest})
+        return _forward_manifest(name, ref, None, body, digest)
+    svc = _services()
+    with svc.tags.lock(name, ref):
+        decision = governance.check_push(svc, name, ref, digest)
+        if not decision.allowed:
+            governance.deny(svc, "push", decision, _actor(), repository=name, tag=ref,
+                            digest=digest)
+        return _forward_manifest(name, ref, ref, body, digest)
+
+
+def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest: str) -> Response:
+    origin = public_origin()
+    headers = upstream_headers(origin)
+    headers["Content-Length"] = str(len(body))
+    upstream = _client().request("PUT", f"/v2/{name}/manifests/{ref}", headers=headers,
+                                 body=body, stream=False)
+    if upstream.status == 201:
+        governance.after_manifest_put(_services(), name, tag, digest)
+    return relay_buffered(upstream, origin)
+
+
+def delete_manifest(name: str, ref: str) -> Response:
+    """Govern a manifest DELETE: a digest an environment points to stays."""
+    svc = _services()
+    decision = governance.check_delete(svc, name, ref)
+    if not decision.allowed:
+        governance.deny(svc, "delete", decision, _actor(), repository=name, reference=ref)
+    response = forward(f"{name}/manifests/{ref}")
+    if response.status_code == 202 and DIGEST_RE.match(ref):
+        governance.after_manifest_delete(svc, name, ref)
+    return response
 
 
 @bp.route("/v2/", methods=METHODS, defaults={"path": ""})
@@ -177,4 +292,11 @@ def v2(path: str) -> Response:
     """The Docker Registry HTTP API v2, proxied with policy enforcement."""
     if request.method == "GET" and (match := TAGS_LIST_RE.match(path)):
         return tags_list(match.group("name"))
+    if request.method in ("PUT", "DELETE") and (match := MANIFEST_RE.match(path)):
+        name, ref = match.group("name"), match.group("ref")
+        if (bad := _check_reference(name, ref)) is not None:
+            return bad
+        if request.method == "PUT":
+            return put_manifest(name, ref)
+        return delete_manifest(name, ref)
     return forward(path)

@@ -1,0 +1,386 @@
+"""The policy JSON shape of API.md: validation, loading into `Policy`, dumping back."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_dump,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from service.domain.durations import format_duration, format_time, parse_duration
+from service.domain.errors import InvalidRequest
+from service.domain.policy_model import (
+    DEFAULT_POLICY,
+    ON_DRIFT,
+    SEVERITIES,
+    FreezeWindow,
+    Gate,
+    IgnoreEntry,
+    Policy,
+    PushRules,
+    ScanGate,
+)
+from service.domain.tags import ENVIRONMENT, LATEST, is_git_sha, is_semver, validate_spec
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_NAME_RULE = "1-63 of a-z 0-9 . _ - starting with a letter or digit"
+_GLOB_RE = re.compile(r"[a-z0-9._/*?\[\]!-]{1,255}")
+_RFC3339_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+__all__ = [
+    "FreezeWindowSchema",
+    "GateSchema",
+    "IgnoreSchema",
+    "PolicySchema",
+    "PushRulesSchema",
+    "ScanGateSchema",
+    "dump_policy",
+    "flatten_errors",
+    "load_policy",
+    "load_policy_file",
+]
+
+
+# --- fields and validators ---------------------------------------------------------------
+
+
+class RFC3339DateTime(fields.DateTime):
+    """An RFC 3339 timestamp with a timezone, loaded as an aware datetime."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str) or not _RFC3339_RE.fullmatch(value):
+            raise ValidationError(
+                "must be an RFC 3339 date-time with a timezone, e.g. 2026-12-24T00:00:00Z"
+            )
+        try:
+            return datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise ValidationError(f"not a valid date-time: {value}") from None
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_time(value)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean only (marshmallow's Boolean also takes 1, "yes", "on")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
+class Duration(fields.String):
+    """A duration like `30m` or `1h30m`, loaded as seconds."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str):
+            raise ValidationError("must be a duration string such as 30m, 2h, 1d or 1h30m")
+        try:
+            return parse_duration(value)
+        except InvalidRequest as exc:
+            raise ValidationError(exc.message) from None
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_duration(value)
+
+
+def _check_spec(spec: str) -> None:
+    try:
+        validate_spec(spec)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _check_allow_spec(spec: str) -> None:
+    _check_spec(spec)
+    if spec == ENVIRONMENT:
+        raise ValidationError("environment tags can never be pushed; remove 'environment'")
+
+
+def _check_glob(pattern: str) -> None:
+    if not _GLOB_RE.fullmatch(pattern):
+        raise ValidationError(
+            "a repository glob is lowercase name characters and the wildcards * ? [...]"
+        )
+
+
+def _check_name(name: str) -> None:
+    if not NAME_RE.fullmatch(name):
+        raise ValidationError(f"a policy name is {_NAME_RULE}")
+
+
+def _check_environment(name: str) -> None:
+    if not NAME_RE.fullmatch(name):
+        raise ValidationError(f"environment name {name!r} must be {_NAME_RULE}")
+    clash = "latest" if name == LATEST else "semver" if is_semver(name) else None
+    clash = clash or ("git-sha" if is_git_sha(name) else None)
+    if clash:
+        raise ValidationError(f"environment name {name!r} is a {clash} tag; pick another name")
+
+
+def _unique(values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValidationError(f"duplicate environment {value!r}")
+        seen.add(value)
+
+
+def _specs(check: Any = _check_spec, **kwargs: Any) -> fields.List:
+    return fields.List(fields.String(validate=check), **kwargs)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class GateMap(fields.Dict):
+    """`promotion`: environment name -> gate; errors keyed by environment, not `value`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(keys=fields.String(), values=fields.Nested(GateSchema), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
+        if not isinstance(value, Mapping):
+            raise ValidationError("must be an object keyed by environment name")
+        gates: dict[str, Gate] = {}
+        errors: dict[str, Any] = {}
+        for env, raw in value.items():
+            try:
+                gates[str(env)] = GateSchema().load(raw if raw is not None else {})
+            except ValidationError as exc:
+                errors[str(env)] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        return gates
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> dict | None:
+        if value is None:
+            return None
+        return {env: GateSchema().dump(gate) for env, gate in value.items()}
+
+
+# --- schemas -----------------------------------------------------------------------------
+
+
+class IgnoreSchema(_Strict):
+    id = fields.String(required=True, validate=validate.Length(1, 100))
+    until = RFC3339DateTime(load_default=None)
+    reason = fields.String(load_default="", validate=validate.Length(max=500))
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> IgnoreEntry:
+        return IgnoreEntry(**data)
+
+    @post_dump
+    def prune(self, data: dict, **kwargs: Any) -> dict:
+        return {k: v for k, v in data.items() if v not in (None, "")}
+
+
+class ScanGateSchema(_Strict):
+    required = StrictBoolean(load_default=True)
+    max_severity = fields.String(load_default=None, validate=validate.OneOf(SEVERITIES))
+    ignore = fields.List(fields.Nested(IgnoreSchema), load_default=list)
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> ScanGate:
+        return ScanGate(
+            required=data["required"],
+            max_severity=data["max_severity"],
+            ignore=tuple(data["ignore"]),
+        )
+
+    @post_dump
+    def prune(self, data: dict, **kwargs: Any) -> dict:
+        return {k: v for k, v in data.items() if v not in (None, [])}
+
+
+class FreezeWindowSchema(_Strict):
+    start = RFC3339DateTime(required=True)
+    end = RFC3339DateTime(required=True)
+
+    @validates_schema
+    def check_order(self, data: dict, **kwargs: Any) -> None:
+        if data["end"] <= data["start"]:
+            raise ValidationError("end must be after start", "end")
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> FreezeWindow:
+        return FreezeWindow(**data)
+
+
+class GateSchema(_Strict):
+    from_env = fields.String(data_key="from", load_default=None)
+    tags = _specs(load_default=list)
+    scan = fields.Nested(ScanGateSchema, load_default=None, allow_none=True)
+    soak = Duration(attribute="soak_seconds", load_default=0)
+    freeze = fields.List(fields.Nested(FreezeWindowSchema), load_default=list)
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> Gate:
+        return Gate(
+            from_env=data["from_env"],
+            tags=tuple(data["tags"]),
+            scan=data["scan"],
+            soak_seconds=data["soak_seconds"],
+            freeze=tuple(data["freeze"]),
+        )
+
+    @post_dump
+    def prune(self, data: dict, **kwargs: Any) -> dict:
+        return {k: v for k, v in data.items() if v not in (None, [], "0s")}
+
+
+class PushRulesSchema(_Strict):
+    allow = _specs(_check_allow_spec, load_default=lambda: list(DEFAULT_POLICY.push.allow))
+    deny = _specs(load_default=list)
+    immutable = _specs(load_default=lambda: list(DEFAULT_POLICY.push.immutable))
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> PushRules:
+        return PushRules(**{k: tuple(v) for k, v in data.items()})
+
+
+class PolicySchema(_Strict):
+    name = fields.String(required=True, validate=_check_name)
+    repositories = fields.List(
+        fields.String(validate=_check_glob), required=True, validate=validate.Length(min=1)
+    )
+    environments = fields.List(
+        fields.String(validate=_check_environment),
+        load_default=lambda: list(DEFAULT_POLICY.environments),
+        validate=[validate.Length(min=1, max=20), _unique],
+    )
+    push = fields.Nested(PushRulesSchema, load_default=PushRules)
+    promotion = GateMap(load_default=dict)
+    scan_on_push = StrictBoolean(load_default=True)
+    on_drift = fields.String(load_default="restore", validate=validate.OneOf(ON_DRIFT))
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def check_promotion(self, data: dict, original: Any, **kwargs: Any) -> None:
+        # Reads the raw gates so stage-order errors show up next to the gates' own errors.
+        envs = data.get("environments")
+        gates = original.get("promotion") if isinstance(original, Mapping) else None
+        if not isinstance(envs, list) or not isinstance(gates, Mapping):
+            return  # field errors already say what is wrong
+        errors: dict[str, Any] = {}
+        for env, gate in gates.items():
+            if env not in envs:
+                errors[str(env)] = [f"unknown environment {env!r}: not in environments"]
+            elif isinstance(gate, Mapping) and _gate_order_errors(env, gate, envs):
+                errors[env] = _gate_order_errors(env, gate, envs)
+        if errors:
+            raise ValidationError({"promotion": errors})
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> Policy:
+        envs = tuple(data["environments"])
+        return Policy(
+            name=data["name"],
+            repositories=tuple(data["repositories"]),
+            environments=envs,
+            push=data["push"],
+            promotion={env: data["promotion"].get(env, Gate()) for env in envs},
+            scan_on_push=data["scan_on_push"],
+            on_drift=data["on_drift"],
+        )
+
+
+def _gate_order_errors(env: str, gate: Mapping, envs: list[str]) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    source = gate.get("from")
+    if isinstance(source, str):
+        if source not in envs:
+            errors["from"] = [f"unknown environment {source!r}: not in environments"]
+        elif envs.index(source) >= envs.index(env):
+            errors["from"] = [f"{source!r} must come before {env!r} in environments"]
+    if gate.get("soak") is not None and source is None:
+        errors["soak"] = ["soak is measured in the 'from' environment: set 'from' too"]
+    return errors
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested messages as `{"promotion.production.scan.max_severity": [...]}`."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            if key == "_schema" and prefix:
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            for field, texts in flatten_errors(value, path).items():
+                out.setdefault(field, []).extend(texts)
+    elif isinstance(messages, list | tuple):
+        for item in messages:
+            for field, texts in flatten_errors(item, prefix).items():
+                out.setdefault(field, []).extend(texts)
+    else:
+        out.setdefault(prefix or "_schema", []).append(str(messages))
+    return out
+
+
+def load_policy(data: Any) -> Policy:
+    """Validate API.md's policy JSON into a Policy; InvalidRequest naming each bad field."""
+    try:
+        return PolicySchema().load(data)
+    except ValidationError as exc:
+        raise InvalidRequest("invalid policy", errors=flatten_errors(exc.messages)) from None
+
+
+def dump_policy(policy: Policy) -> dict[str, Any]:
+    """The API.md JSON shape of a policy (durations in canonical form, e.g. `1h30m`)."""
+    return PolicySchema().dump(policy)
+
+
+def load_policy_file(path: str | Path) -> list[Policy]:
+    """Policies from a YAML/JSON file: one policy, a list, `{"policies": [...]}` or empty."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise InvalidRequest(f"cannot read policy file {path}: {exc}") from None
+    if isinstance(raw, Mapping) and set(raw) == {"policies"}:
+        raw = raw["policies"]
+    items = [] if raw is None else raw if isinstance(raw, list) else [raw]
+    policies: list[Policy] = []
+    errors: dict[str, list[str]] = {}
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        try:
+            policy = PolicySchema().load(item)
+        except ValidationError as exc:
+            for field, texts in flatten_errors(exc.messages).items():
+                errors[f"policies[{index}].{field}"] = texts
+            continue
+        if policy.name in seen:
+            errors[f"policies[{index}].name"] = [
+                f"duplicate policy name {policy.name!r} (also policies[{seen[policy.name]}])"
+            ]
+        seen.setdefault(policy.name, index)
+        policies.append(policy)
+    if errors:
+        detail = "; ".join(f"{field}: {' '.join(texts)}" for field, texts in errors.items())
+        raise InvalidRequest(f"invalid policy file {path}: {detail}", errors=errors)
+    return policies

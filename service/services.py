@@ -1,0 +1,54 @@
+"""The clients and stores one process uses; built once, shared by the API and the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue
+
+from service import store
+from service.config import Settings
+from service.registry.client import RegistryClient
+from service.store.environments import EnvironmentStore
+from service.store.events import EventStore
+from service.store.policies import PolicyStore
+from service.store.tagmap import TagMap
+
+
+@dataclass
+class Services:
+    """Everything a request handler or a job needs, without Flask."""
+
+    settings: Settings
+    redis: redis.Redis
+    rq_redis: redis.Redis
+    queue: Queue
+    registry: RegistryClient
+    policies: PolicyStore
+    tags: TagMap
+    events: EventStore
+    environments: EnvironmentStore
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        """Connect everything (lazily: no network I/O happens here)."""
+        client = store.connect(settings.redis_url)
+        rq_client = store.connect(settings.redis_url, decode=False, timeout=10.0)
+        return cls(
+            settings=settings,
+            redis=client,
+            rq_redis=rq_client,
+            queue=Queue(settings.queue_name, connection=rq_client),
+            registry=RegistryClient(
+                settings.registry_url,
+                timeout=settings.registry_timeout,
+                blocksize=settings.proxy_chunk_size,
+            ),
+            policies=PolicyStore(client),
+            tags=TagMap(client),
+            events=EventStore(client),
+            environments=EnvironmentStore(client),
+        )

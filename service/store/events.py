@@ -1,0 +1,63 @@
+"""Recorded registry events and gateway findings (push.denied, drift.detected, ...)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from service.store import key
+from service.store.pagination import page
+
+MAXLEN = 1_000_000
+DEDUPE_TTL = 7 * 24 * 3600
+
+
+class EventStore:
+    """Append-only event log with per-repository and per-action indexes (Redis streams)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    def _streams(self, event: dict[str, Any]) -> list[str]:
+        streams = [key("events")]
+        if event.get("repository"):
+            streams.append(key("events", "repo", event["repository"]))
+        if event.get("action"):
+            streams.append(key("events", "action", event["action"]))
+        return streams
+
+    def record(self, event: dict[str, Any], pipe: Any = None) -> None:
+        """Append one event to the log and its indexes (in `pipe` when given)."""
+        data = json.dumps(event, separators=(",", ":"), sort_keys=True)
+        target = pipe if pipe is not None else self.r.pipeline(transaction=True)
+        for stream in self._streams(event):
+            target.xadd(stream, {"d": data}, maxlen=MAXLEN, approximate=True)
+        if pipe is None:
+            target.execute()
+
+    def claim_id(self, event_id: str) -> bool:
+        """True the first time an event id is seen (dedupe of at-least-once deliveries)."""
+        return bool(self.r.set(key("event-seen", event_id), "1", nx=True, ex=DEDUPE_TTL))
+
+    def list(
+        self, repository: str | None, action: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of events, newest first, filtered by repository and/or action."""
+        if repository:
+            stream = key("events", "repo", repository)
+            keep = (lambda e: e.get("action") == action) if action else None
+        elif action:
+            stream, keep = key("events", "action", action), None
+        else:
+            stream, keep = key("events"), None
+        return page(self.r, stream, limit, cursor, keep)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Bump a named counter (skipped or malformed webhook events, ...)."""
+        self.r.hincrby(key("counters"), name, amount)
+
+    def counters(self) -> dict[str, int]:
+        """Every named counter."""
+        return {k: int(v) for k, v in self.r.hgetall(key("counters")).items()}

@@ -1,0 +1,160 @@
+"""Push-time tag governance through the gateway, with skopeo and the real registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import requests
+
+from tests.helpers import oci
+from tests.integration.conftest import Stack
+
+
+def _layout(tmp_path: Path, name: str, image: oci.Image) -> Path:
+    return oci.write_layout(tmp_path / name, {"img": image})
+
+
+def _push(stack: Stack, layout: Path, dest: str):
+    return oci.skopeo_copy(f"oci:{layout}:img", f"docker://{stack.gw}/{dest}")
+
+
+def _evaluate(stack: Stack, **body) -> dict:
+    resp = stack.admin().post(f"{stack.gw_url}/api/v1/policies/evaluate", json=body, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_latest_allowed_environment_tag_refused_with_message(stack: Stack, tmp_path: Path):
+    layout = _layout(tmp_path, "a", oci.simple_image("pol-latest"))
+    assert _push(stack, layout, "pol/app:latest").returncode == 0
+    refused = _push(stack, layout, "pol/app:production")
+    assert refused.returncode != 0
+    assert "owned by the promotion API" in refused.stderr
+    assert "push.reserved" in refused.stderr
+    # nothing reached the registry under the reserved tag
+    direct = requests.head(f"{stack.reg_url}/v2/pol/app/manifests/production",
+                           headers={"Accept": oci.OCI_MANIFEST}, timeout=10)
+    assert direct.status_code == 404
+    verdict = _evaluate(stack, action="push", repository="pol/app", tag="production")
+    assert verdict["allowed"] is False
+    assert [v["rule"] for v in verdict["violations"]] == ["push.reserved"]
+    assert verdict["policy"] == "default"
+    events = stack.admin().get(f"{stack.gw_url}/api/v1/events",
+                               params={"repository": "pol/app", "action": "push.denied"},
+                               timeout=10)
+    if events.status_code == 200:  # the events API arrives with the webhooks issue
+        assert events.json()["items"][0]["tag"] == "production"
+
+
+def test_release_tags_are_immutable_but_same_digest_repush_succeeds(stack: Stack, tmp_path: Path):
+    first = oci.simple_image("pol-immutable-1")
+    second = oci.simple_image("pol-immutable-2")
+    a, b = _layout(tmp_path, "a", first), _layout(tmp_path, "b", second)
+    assert _push(stack, a, "pol/imm:v1.0.0").returncode == 0
+    assert _evaluate(stack, action="push", repository="pol/imm", tag="v1.0.0",
+                     digest=second.digest)["violations"][0]["rule"] == "push.immutable"
+    assert _evaluate(stack, action="push", repository="pol/imm", tag="v1.0.0",
+                     digest=first.digest)["allowed"] is True
+    refused = _push(stack, b, "pol/imm:v1.0.0")
+    assert refused.returncode != 0
+    assert "push.immutable" in refused.stderr
+    assert oci.skopeo_digest(f"docker://{stack.reg}/pol/imm:v1.0.0") == first.digest
+    again = _push(stack, a, "pol/imm:v1.0.0")
+    assert again.returncode == 0, again.stderr
+    # a mutable class moves freely
+    assert _push(stack, b, "pol/imm:latest").returncode == 0
+    assert _push(stack, a, "pol/imm:latest").returncode == 0
+
+
+def test_immutability_holds_for_content_pushed_before_the_gateway(stack: Stack, tmp_path: Path):
+    first = oci.simple_image("pol-before-1")
+    layout = _layout(tmp_path, "a", first)
+    direct = oci.skopeo_copy(f"oci:{layout}:img", f"docker://{stack.reg}/pol/before:v3.0.0")
+    assert direct.returncode == 0, direct.stderr
+    other = _layout(tmp_path, "b", oci.simple_image("pol-before-2"))
+    refused = _push(stack, other, "pol/before:v3.0.0")
+    assert refused.returncode != 0 and "push.immutable" in refused.stderr
+
+
+def test_policy_put_with_deny_regex_refuses_tmp_tags(stack: Stack, tmp_path: Path):
+    policy = {
+        "name": "pol-deny",
+        "repositories": ["pol-deny/*"],
+        "push": {"allow": ["semver", "git-sha", "latest", "other"], "deny": ["regex:^tmp-"],
+                 "immutable": ["semver"]},
+    }
+    created = stack.admin().put(f"{stack.gw_url}/api/v1/policies/pol-deny", json=policy,
+                                timeout=10)
+    assert created.status_code == 200, created.text
+    assert created.json()["push"]["deny"] == ["regex:^tmp-"]
+    layout = _layout(tmp_path, "a", oci.simple_image("pol-deny"))
+    verdict = _evaluate(stack, action="push", repository="pol-deny/app", tag="tmp-x")
+    assert verdict == {
+        "allowed": False,
+        "policy": "pol-deny",
+        "violations": [{"rule": "push.denied", "policy": "pol-deny",
+                        "message": verdict["violations"][0]["message"]}],
+    }
+    refused = _push(stack, layout, "pol-deny/app:tmp-x")
+    assert refused.returncode != 0 and "push.denied" in refused.stderr
+    assert _evaluate(stack, action="push", repository="pol-deny/app", tag="keep-x")["allowed"]
+    assert _push(stack, layout, "pol-deny/app:keep-x").returncode == 0
+    listed = stack.admin().get(f"{stack.gw_url}/api/v1/policies", timeout=10).json()
+    assert "pol-deny" in [p["name"] for p in listed["items"]]
+    assert stack.admin().delete(f"{stack.gw_url}/api/v1/policies/pol-deny",
+                                timeout=10).status_code == 204
+    assert _push(stack, layout, "pol-deny/app:tmp-y").returncode == 0
+
+
+def _put_manifest(stack: Stack, path: str, body: bytes, media_type: str) -> requests.Response:
+    return requests.put(f"{stack.gw_url}/v2/{path}", data=body,
+                        headers={"Content-Type": media_type}, timeout=10)
+
+
+def test_bad_manifests_are_refused_before_the_registry(stack: Stack):
+    image = oci.simple_image("pol-bad")
+    huge = json.dumps({"mediaType": oci.OCI_MANIFEST, "pad": "x" * (4 * 1024 * 1024)}).encode()
+    cases = [
+        ("pol/bad/manifests/v1.0.0", huge, oci.OCI_MANIFEST, "MANIFEST_INVALID", "4 MiB"),
+        ("pol/bad/manifests/v1.0.0", b"{nope", oci.OCI_MANIFEST, "MANIFEST_INVALID", "JSON"),
+        ("pol/bad/manifests/v1.0.0", image.manifest_bytes(), "text/plain", "MANIFEST_INVALID",
+         "media type"),
+        ("pol/bad/manifests/v1.0.0", image.manifest_bytes(), oci.OCI_INDEX, "MANIFEST_INVALID",
+         "does not match"),
+        ("Pol/Bad/manifests/v1.0.0", image.manifest_bytes(), oci.OCI_MANIFEST, "NAME_INVALID",
+         "repository"),
+        ("pol/bad/manifests/-bad", image.manifest_bytes(), oci.OCI_MANIFEST, "TAG_INVALID",
+         "tag"),
+        (f"pol/bad/manifests/sha256:{'0' * 64}", image.manifest_bytes(), oci.OCI_MANIFEST,
+         "DIGEST_INVALID", "digest"),
+    ]
+    for path, body, media_type, code, needle in cases:
+        resp = _put_manifest(stack, path, body, media_type)
+        assert resp.status_code == 400, (path, resp.text)
+        error = resp.json()["errors"][0]
+        assert error["code"] == code, (path, error)
+        assert needle.lower() in json.dumps(error).lower(), (path, error)
+    assert requests.get(f"{stack.reg_url}/v2/pol/bad/tags/list", timeout=10).status_code == 404
+
+
+def test_policy_api_rejects_malformed_policies_naming_the_field(stack: Stack):
+    bad = {"name": "broken", "repositories": ["x/*"],
+           "push": {"allow": ["semver", "nonsense"]},
+           "promotion": {"production": {"scan": {"max_severity": "extreme"}}}}
+    resp = stack.admin().put(f"{stack.gw_url}/api/v1/policies/broken", json=bad, timeout=10)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["code"] == "invalid_request"
+    assert "push.allow.1" in body["errors"]
+    assert "promotion.production.scan.max_severity" in body["errors"]
+    assert stack.admin().get(f"{stack.gw_url}/api/v1/policies/broken",
+                             timeout=10).status_code == 404
+    mismatch = stack.admin().put(f"{stack.gw_url}/api/v1/policies/other",
+                                 json={"name": "broken", "repositories": ["x/*"]}, timeout=10)
+    assert mismatch.status_code == 400
+    assert mismatch.json()["errors"] == {"name": ["must be 'other'"]}
+    garbage = stack.admin().put(f"{stack.gw_url}/api/v1/policies/g", data=b"{",
+                                headers={"Content-Type": "application/json"}, timeout=10)
+    assert garbage.status_code in (400, 422)
+    assert garbage.json()["code"] == "invalid_request"
