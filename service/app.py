@@ -16,6 +16,7 @@ from service.errors import register_error_handlers
 from service.health import bp as health_bp
 from service.schemas.policy import load_policy_file
 from service.services import Services
+from service.wiring import wire
 
 log = logging.getLogger("tagwarden.app")
 
@@ -37,9 +38,9 @@ def _settings(config: Any) -> Settings:
 
 def api_blueprints() -> list[Blueprint]:
     """Every /api/v1 blueprint, in the order the spec lists them."""
-    from service.api import policies
+    from service.api import policies, promotions
 
-    return [policies.blp]
+    return [policies.blp, promotions.blp]
 
 
 def seed_policies(app: Flask, svc: Services) -> None:
@@ -73,7 +74,7 @@ def create_app(config: Any = None) -> Flask:
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = None  # /v2 bodies are streamed; API limits per route
     logs.configure(app, settings.log_format)
-    svc = Services.build(settings)
+    svc = wire(Services.build(settings))
     app.extensions["tagwarden"] = svc
     app.extensions["settings"] = settings
     app.extensions["redis"] = svc.redis

@@ -14,6 +14,7 @@ from service.registry.client import RegistryClient
 from service.store.environments import EnvironmentStore
 from service.store.events import EventStore
 from service.store.policies import PolicyStore
+from service.store.promotions import PromotionStore
 from service.store.tagmap import TagMap
 
 
@@ -30,6 +31,7 @@ class Services:
     tags: TagMap
     events: EventStore
     environments: EnvironmentStore
+    promotions: PromotionStore
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -51,4 +53,5 @@ class Services:
             tags=TagMap(client),
             events=EventStore(client),
             environments=EnvironmentStore(client),
+            promotions=PromotionStore(client),
         )

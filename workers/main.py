@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
+from redis.exceptions import RedisError
 from rq import Queue, Worker
+
+from service.jobs import enqueue_reconcile
 
 from service.store import connect
 
@@ -18,4 +21,8 @@ def run_worker(burst: bool = False) -> bool:
     connection = connect(url, decode=False, timeout=30.0)
     queue = Queue(queue_name, connection=connection)
     worker = Worker([queue], connection=connection)
+    try:
+        enqueue_reconcile(queue)  # finish whatever a crash left behind, at every start
+    except RedisError:
+        logging.getLogger("tagwarden.worker").warning("redis not reachable at start")
     return worker.work(burst=burst, with_scheduler=True)

@@ -1,0 +1,88 @@
+"""Promotions, rollbacks, history and environments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, g, request
+from flask_smorest import Blueprint
+
+from service import history, promotions
+from service.domain.errors import InvalidRequest, NotFound
+from service.schemas.promotions import (
+    EnvironmentsQueryArgsSchema,
+    EnvironmentsSchema,
+    PromotionPageSchema,
+    PromotionQueryArgsSchema,
+    PromotionRequestSchema,
+    PromotionSchema,
+    RollbackRequestSchema,
+)
+from service.services import Services
+
+blp = Blueprint("promotions", __name__, url_prefix="/api/v1",
+                description="Promotions, rollbacks, history and environments")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def svc() -> Services:
+    """The process's services."""
+    return current_app.extensions["tagwarden"]
+
+
+def idempotency_key() -> str | None:
+    """The Idempotency-Key header, validated, scoped to the caller."""
+    value = request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if not (1 <= len(value) <= 200 and value.isascii() and value.isprintable()):
+        raise InvalidRequest("Idempotency-Key must be 1-200 printable ASCII characters",
+                             errors={IDEMPOTENCY_HEADER: ["invalid"]})
+    return f"{g.get('actor_id') or 'anonymous'}:{value}"
+
+
+@blp.route("/promotions", methods=["POST"])
+@blp.arguments(PromotionRequestSchema)
+@blp.response(201, PromotionSchema)
+@blp.alt_response(200, schema=PromotionSchema, description="dry run: nothing changed")
+def create_promotion(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Promote a digest (by tag, digest or source environment) into an environment."""
+    status, record = promotions.promote(svc(), body, g.get("actor_name"), idempotency_key())
+    return record, status
+
+
+@blp.route("/promotions", methods=["GET"])
+@blp.arguments(PromotionQueryArgsSchema, location="query")
+@blp.response(200, PromotionPageSchema)
+def list_promotions(args: dict[str, Any]) -> dict[str, Any]:
+    """Promotion history, newest first, cursor-paginated."""
+    items, cursor = svc().promotions.history(args.get("repository"), args.get("environment"),
+                                             args["limit"], args.get("cursor"))
+    return {"items": items, "next_cursor": cursor}
+
+
+@blp.route("/promotions/<string:promotion_id>", methods=["GET"])
+@blp.response(200, PromotionSchema)
+def get_promotion(promotion_id: str) -> dict[str, Any]:
+    """One promotion record."""
+    record = svc().promotions.record(promotion_id)
+    if record is None:
+        raise NotFound(f"promotion {promotion_id!r} not found")
+    return record
+
+
+@blp.route("/rollbacks", methods=["POST"])
+@blp.arguments(RollbackRequestSchema)
+@blp.response(201, PromotionSchema)
+def create_rollback(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Roll an environment back to the previous digest or to a named earlier promotion."""
+    status, record = history.rollback(svc(), body, g.get("actor_name"), idempotency_key())
+    return record, status
+
+
+@blp.route("/environments", methods=["GET"])
+@blp.arguments(EnvironmentsQueryArgsSchema, location="query")
+@blp.response(200, EnvironmentsSchema)
+def get_environments(args: dict[str, Any]) -> dict[str, Any]:
+    """What each environment points to now, or pointed to at time `at`."""
+    return history.environments(svc(), args["repository"], args.get("at"))

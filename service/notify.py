@@ -1,0 +1,19 @@
+"""Outgoing events: hand them to the subscribers' delivery queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("tagwarden.notify")
+
+
+def emit(svc: Any, event_type: str, payload: dict[str, Any]) -> None:
+    """Queue `event_type` for every matching subscription; never fails the caller."""
+    deliver = svc.extra.get("deliver")
+    if deliver is None:
+        return
+    try:
+        deliver(event_type, payload)
+    except Exception:  # noqa: BLE001 - a notification never undoes the action it reports
+        log.exception("could not queue %s notification", event_type)

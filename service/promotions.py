@@ -1,0 +1,275 @@
+"""Promotions and rollbacks: resolve, gate, lock, write the registry, commit atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import LockError
+
+from service import notify
+from service.domain.durations import format_time
+from service.domain.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PolicyDenied,
+    RegistryUnavailable,
+    Unprocessable,
+)
+from service.domain.policy import Decision, Policy, PromotionContext, evaluate_promotion
+from service.domain.tags import valid_repository, valid_tag
+from service.governance import denial_message, policy_for
+from service.registry.client import Manifest
+from service.services import Services
+
+log = logging.getLogger("tagwarden.promotions")
+SOURCES = ("tag", "digest", "from_environment")
+
+
+def new_id() -> str:
+    """Sortable, unique promotion id: milliseconds then randomness."""
+    return f"prm_{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
+
+
+def fingerprint(kind: str, body: dict[str, Any]) -> str:
+    """Canonical hash of a request body, for Idempotency-Key comparisons."""
+    canonical = json.dumps({"kind": kind, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# -- resolution -----------------------------------------------------------------------------
+def _check_target(policy: Policy, repository: str, environment: str) -> None:
+    if not valid_repository(repository):
+        raise InvalidRequest(f"invalid repository name {repository!r}",
+                             errors={"repository": ["not a registry repository name"]})
+    if environment not in policy.environments:
+        raise Unprocessable(
+            f"unknown environment {environment!r}: policy {policy.name!r} has "
+            f"{', '.join(policy.environments)}",
+            errors={"environment": [f"must be one of {', '.join(policy.environments)}"]},
+        )
+
+
+def resolve_source(svc: Services, policy: Policy, req: dict[str, Any]) -> tuple[str, str, Manifest]:
+    """(kind, value, manifest) of the one source given: tag, digest or from_environment."""
+    given = [name for name in SOURCES if req.get(name)]
+    if len(given) != 1:
+        raise Unprocessable("give exactly one of tag, digest or from_environment",
+                            errors={name: ["exactly one source is required"] for name in SOURCES})
+    kind, value, repository = given[0], req[given[0]], req["repository"]
+    if kind == "tag" and not valid_tag(value):
+        raise InvalidRequest(f"invalid tag {value!r}", errors={"tag": ["not a registry tag"]})
+    if kind == "from_environment":
+        if value not in policy.environments:
+            raise Unprocessable(f"unknown environment {value!r}",
+                                errors={"from_environment": ["not an environment of the policy"]})
+        if value == req["environment"]:
+            raise Unprocessable("source and target are the same environment",
+                                errors={"from_environment": ["must differ from environment"]})
+        pointer = svc.environments.pointers(repository).get(value)
+        if pointer is None:
+            raise NotFound(f"environment {value!r} of {repository} points to nothing yet")
+        manifest = svc.registry.get_manifest(repository, pointer["digest"])
+        if manifest is None:
+            raise NotFound(f"manifest {pointer['digest']} of environment {value!r} is no longer "
+                           f"in {repository}")
+        return "environment", value, manifest
+    manifest = svc.registry.get_manifest(repository, value)
+    if manifest is None:
+        raise NotFound(f"{kind} {value!r} not found in repository {repository}")
+    return kind, value, manifest
+
+
+def digest_tags(svc: Services, repository: str, digest: str, environments: tuple[str, ...]
+                ) -> list[str]:
+    """Tags (not environment tags) that point to the digest in the registry right now."""
+    tags = svc.registry.list_tags(repository) or []
+    known = svc.tags.all(repository)
+    found = []
+    for tag in sorted(tags):
+        if tag in environments:
+            continue
+        cached = known.get(tag)
+        if cached is not None and cached != digest:
+            continue
+        actual = svc.registry.head_manifest(repository, tag)
+        if actual and actual != cached:
+            svc.tags.set(repository, tag, actual)
+        if actual == digest:
+            found.append(tag)
+    return found
+
+
+def scan_summary(svc: Services, repository: str, digest: str) -> dict[str, Any] | None:
+    """The latest succeeded scan of a digest, for the scan gate (None: never scanned)."""
+    scans = svc.extra.get("scans")
+    return scans.latest_succeeded(digest) if scans is not None else None
+
+
+def build_context(svc: Services, policy: Policy, repository: str, environment: str,
+                  kind: str, value: str, digest: str) -> PromotionContext:
+    """Everything the gates need, read from the registry and Redis."""
+    reached = svc.promotions.reached(repository, digest, list(policy.environments))
+    return PromotionContext(
+        repository=repository, environment=environment, digest=digest,
+        source_kind=kind, source_value=value,  # type: ignore[arg-type]
+        digest_tags=digest_tags(svc, repository, digest, policy.environments),
+        history_first_seen={env: _parse_time(at) for env, at in reached.items()},
+        scan=scan_summary(svc, repository, digest),
+        now=datetime.now(UTC),
+    )
+
+
+def evaluate_request(svc: Services, args: dict[str, Any]) -> Decision:
+    """The promotion decision without side effects (the evaluate endpoint and dry runs)."""
+    repository = args["repository"]
+    environment = args.get("environment")
+    if not environment:
+        raise InvalidRequest("a promotion needs an environment",
+                             errors={"environment": ["required for promote"]})
+    policy = policy_for(svc, repository)
+    _check_target(policy, repository, environment)
+    kind, value, manifest = resolve_source(svc, policy, {**args, "environment": environment})
+    ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest)
+    return evaluate_promotion(policy, ctx)
+
+
+# -- the write path -------------------------------------------------------------------------
+def _record(kind: str, repository: str, environment: str, manifest: Manifest,
+            previous: str | None, source: dict[str, str], tags: list[str], actor: str | None,
+            reason: str | None, policy: str) -> dict[str, Any]:
+    return {
+        "id": new_id(), "kind": kind, "repository": repository, "environment": environment,
+        "digest": manifest.digest, "previous_digest": previous, "source": source, "tags": tags,
+        "actor": actor, "reason": reason, "created_at": format_time(datetime.now(UTC)),
+        "policy": policy,
+    }
+
+
+def _registry_write(svc: Services, record: dict[str, Any], manifest: Manifest) -> None:
+    """Write the environment tag; on an unclear failure look before deciding."""
+    repository, environment = record["repository"], record["environment"]
+    try:
+        svc.registry.put_manifest(repository, environment, manifest)
+    except RegistryUnavailable:
+        try:
+            landed = svc.registry.head_manifest(repository, environment) == manifest.digest
+        except RegistryUnavailable:
+            raise  # the intent stays; reconciliation decides once the registry is back
+        if not landed:
+            svc.promotions.drop_intent(repository, environment)
+            raise
+    svc.tags.set(repository, environment, manifest.digest)
+
+
+def reconcile_intent(svc: Services, repository: str, environment: str) -> dict[str, Any] | None:
+    """Finish (registry written) or drop (not written) a leftover intent; call under the lock.
+    Returns the committed record when it was finished."""
+    intent = svc.promotions.intent(repository, environment)
+    if intent is None:
+        return None
+    record = intent["record"]
+    found = svc.registry.head_manifest(repository, environment)
+    if found != record["digest"]:
+        log.warning("dropping intent %s: registry tag %s is %s", record["id"], environment, found)
+        svc.promotions.drop_intent(repository, environment)
+        return None
+    current = svc.environments.digests(repository).get(environment)
+    idem = intent.get("idempotency")
+    answer = {"key": idem["key"], "value": {"state": "done", "fp": idem["fp"], "status": 201,
+                                            "body": record}} if idem else None
+    svc.promotions.commit(record, current, intent["created_ms"], answer)
+    log.info("reconciled intent %s into history", record["id"])
+    return record
+
+
+def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: str | None,
+         idem: dict[str, str] | None) -> dict[str, Any]:
+    """Steps 3-5 under the (repository, environment) lock: CAS, intent, registry, commit."""
+    repository, environment = record["repository"], record["environment"]
+    try:
+        lock = svc.promotions.lock(repository, environment)
+        if not lock.acquire():
+            raise Conflict(f"another promotion of {repository} to {environment} is in progress")
+    except LockError:
+        raise Conflict(f"could not lock {repository} {environment}") from None
+    try:
+        finished = reconcile_intent(svc, repository, environment)
+        if finished is not None and idem and finished.get("idempotency_key") == idem["key"]:
+            return finished
+        current = svc.environments.digests(repository).get(environment)
+        if expected is not None and expected != current:
+            raise Conflict(f"{environment} of {repository} points to {current or 'nothing'}, "
+                           f"not the expected {expected}")
+        record["previous_digest"] = current
+        created_ms = int(time.time() * 1000)
+        # the record's time is the history stream's time, so "at T" queries agree with it
+        record["created_at"] = format_time(datetime.fromtimestamp(created_ms / 1000, UTC))
+        answer = {"key": idem["key"], "value": {"state": "done", "fp": idem["fp"],
+                                                "status": 201, "body": record}} if idem else None
+        if current != record["digest"]:
+            svc.promotions.write_intent({"record": record, "created_ms": created_ms,
+                                         "repository": repository, "environment": environment,
+                                         "idempotency": idem})
+            _registry_write(svc, record, manifest)
+        svc.promotions.commit(record, current, created_ms, answer)
+        return record
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            log.warning("lock on %s %s expired before release", repository, environment)
+
+
+def idempotent(svc: Services, idem_key: str | None, fp: str, run: Any) -> tuple[int, Any]:
+    """Run `run(idem)` at most once per key: replay the first answer, 422 on another body."""
+    if not idem_key:
+        return 201, run(None)
+    stored = svc.promotions.begin_idempotent(idem_key, fp)
+    if stored is not None:
+        return stored["status"], stored["body"]
+    try:
+        return 201, run({"key": idem_key, "fp": fp})
+    except Exception:  # any failure frees the key so that a retry runs again
+        svc.promotions.release_idempotent(idem_key)
+        raise
+
+
+def promote(svc: Services, req: dict[str, Any], actor: str | None,
+            idem_key: str | None = None) -> tuple[int, dict[str, Any]]:
+    """POST /promotions: 201 and the record, or 200 and a preview for a dry run."""
+    repository, environment = req["repository"], req["environment"]
+    policy = policy_for(svc, repository)
+    _check_target(policy, repository, environment)
+    kind, value, manifest = resolve_source(svc, policy, req)
+    ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest)
+    decision = evaluate_promotion(policy, ctx)
+    source = {kind: value}
+    record = _record("promotion", repository, environment, manifest,
+                     svc.environments.digests(repository).get(environment), source,
+                     list(ctx.digest_tags), actor, req.get("reason"), policy.name)
+    if req.get("dry_run"):
+        return 200, {**record, "id": None, "dry_run": True, **decision.to_dict()}
+    if not decision.allowed:
+        notify.emit(svc, "promotion.denied", {**record, "violations": decision.to_dict()[
+            "violations"]})
+        raise PolicyDenied(denial_message(decision), decision)
+
+    def run(idem: dict[str, str] | None) -> dict[str, Any]:
+        if idem:
+            record["idempotency_key"] = idem["key"]
+        done = move(svc, record, manifest, req.get("expected_digest"), idem)
+        notify.emit(svc, "promotion.succeeded", done)
+        return done
+
+    return idempotent(svc, idem_key, fingerprint("promotion", req), run)

@@ -1,0 +1,89 @@
+"""Promotion, rollback, history and environment schemas."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from service.schemas.common import PageQueryArgsSchema, StrictSchema, ViolationSchema, page_of
+
+DIGEST = validate.Regexp(r"^sha256:[0-9a-f]{64}$", error="must be sha256:<64 hex>")
+REPOSITORY = validate.Length(min=1, max=255)
+ENVIRONMENT = validate.Length(min=1, max=63)
+
+
+class PromotionRequestSchema(StrictSchema):
+    """Move an environment of a repository to the digest of a tag, a digest or another
+    environment."""
+
+    repository = fields.String(required=True, validate=REPOSITORY)
+    environment = fields.String(required=True, validate=ENVIRONMENT)
+    tag = fields.String(validate=validate.Length(min=1, max=128))
+    digest = fields.String(validate=DIGEST)
+    from_environment = fields.String(validate=ENVIRONMENT)
+    reason = fields.String(validate=validate.Length(max=1000), allow_none=True)
+    expected_digest = fields.String(validate=DIGEST, allow_none=True)
+    dry_run = fields.Boolean(load_default=False)
+
+
+class RollbackRequestSchema(StrictSchema):
+    """Move an environment back to the previous digest or to a named earlier promotion."""
+
+    repository = fields.String(required=True, validate=REPOSITORY)
+    environment = fields.String(required=True, validate=ENVIRONMENT)
+    to = fields.String(load_default="previous", validate=validate.Length(min=1, max=64))
+    reason = fields.String(validate=validate.Length(max=1000), allow_none=True)
+
+
+class PromotionSchema(Schema):
+    """A promotion record (or, for a dry run, its preview and the decision)."""
+
+    id = fields.String(allow_none=True)
+    kind = fields.String(validate=validate.OneOf(["promotion", "rollback"]))
+    repository = fields.String()
+    environment = fields.String()
+    digest = fields.String()
+    previous_digest = fields.String(allow_none=True)
+    source = fields.Dict(keys=fields.String(), values=fields.String())
+    tags = fields.List(fields.String())
+    actor = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    created_at = fields.String()
+    policy = fields.String()
+    dry_run = fields.Boolean()
+    allowed = fields.Boolean()
+    violations = fields.List(fields.Nested(ViolationSchema))
+
+
+class PromotionQueryArgsSchema(PageQueryArgsSchema):
+    """Filters of the history."""
+
+    repository = fields.String(validate=REPOSITORY)
+    environment = fields.String(validate=ENVIRONMENT)
+
+
+class EnvironmentsQueryArgsSchema(StrictSchema):
+    """Which repository, and optionally at what time."""
+
+    repository = fields.String(required=True, validate=REPOSITORY)
+    at = fields.AwareDateTime(format="iso", default_timezone=None)
+
+
+class EnvironmentStateSchema(Schema):
+    """One environment's pointer."""
+
+    name = fields.String()
+    digest = fields.String(allow_none=True)
+    promotion_id = fields.String(allow_none=True)
+    promoted_at = fields.String(allow_none=True)
+    tags = fields.List(fields.String())
+
+
+class EnvironmentsSchema(Schema):
+    """Every environment of a repository, now or at `at`."""
+
+    repository = fields.String()
+    at = fields.String()
+    environments = fields.List(fields.Nested(EnvironmentStateSchema))
+
+
+PromotionPageSchema = page_of(PromotionSchema, "PromotionPage")

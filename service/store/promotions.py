@@ -1,0 +1,189 @@
+"""Promotion state: pointers, history streams, records, intents, locks and idempotency keys.
+
+The registry write and the Redis write cannot share a transaction, so a promotion writes an
+*intent* before touching the registry and commits history + pointer + idempotent answer in
+one Lua script afterwards; reconciliation finishes or drops intents left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from service.domain.errors import Conflict, IdempotencyMismatch
+from service.store import key
+from service.store.pagination import page
+
+IDEMPOTENCY_TTL = 24 * 3600
+IDEMPOTENCY_LEASE = 120  # a request still "running" after this is presumed dead
+LOCK_TIMEOUT = 60.0
+
+# KEYS: 1 pointers hash, 2 env stream, 3 repo stream, 4 global stream, 5 record,
+#       6 intent, 7 idempotency key, 8 reached hash, 9 repositories set
+# ARGV: 1 env, 2 expected current digest ("" = none), 3 record json, 4 pointer json,
+#       5 created ms, 6 idempotent answer json ("" = none), 7 digest, 8 created_at, 9 repo
+COMMIT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local curdigest = ''
+if cur then curdigest = cjson.decode(cur)['digest'] end
+if curdigest ~= ARGV[2] then
+  return {0, curdigest}
+end
+local ms = tonumber(ARGV[5])
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  local t = tonumber(string.match(top[1][1], '^(%d+)'))
+  if t > ms then ms = t end
+end
+local sid = redis.call('XADD', KEYS[2], ms .. '-*', 'd', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'd', ARGV[3])
+redis.call('XADD', KEYS[4], '*', 'd', ARGV[3])
+redis.call('SET', KEYS[5], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+redis.call('HSETNX', KEYS[8], ARGV[1] .. '|' .. ARGV[7], ARGV[8])
+redis.call('DEL', KEYS[6])
+redis.call('SADD', KEYS[9], ARGV[9])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[7], ARGV[6], 'EX', TTL)
+end
+return {1, sid}
+""".replace("TTL", str(IDEMPOTENCY_TTL))
+
+
+class PromotionStore:
+    """Everything about promotions that lives in Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._commit = client.register_script(COMMIT)
+
+    # -- locks and intents -----------------------------------------------------------------
+    def lock(self, repository: str, environment: str, wait: float = 20.0) -> redis.lock.Lock:
+        """The (repository, environment) lock; serialises promotions across processes."""
+        return self.r.lock(key("lock", "env", repository, environment), timeout=LOCK_TIMEOUT,
+                           blocking_timeout=wait)
+
+    def write_intent(self, intent: dict[str, Any]) -> None:
+        """Record what is about to be written to the registry."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(key("intent", intent["repository"], intent["environment"]), json.dumps(intent))
+        pipe.sadd(key("intents"), f"{intent['repository']}|{intent['environment']}")
+        pipe.execute()
+
+    def intent(self, repository: str, environment: str) -> dict[str, Any] | None:
+        """The pending intent of an environment, if a promotion was cut short."""
+        raw = self.r.get(key("intent", repository, environment))
+        return json.loads(raw) if raw else None
+
+    def drop_intent(self, repository: str, environment: str) -> None:
+        """Forget an intent whose registry write never happened."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key("intent", repository, environment))
+        pipe.srem(key("intents"), f"{repository}|{environment}")
+        pipe.execute()
+
+    def pending_intents(self) -> list[tuple[str, str]]:
+        """(repository, environment) pairs with an intent outstanding."""
+        out = []
+        for member in self.r.smembers(key("intents")):
+            repository, _, environment = member.rpartition("|")
+            if self.r.exists(key("intent", repository, environment)):
+                out.append((repository, environment))
+            else:
+                self.r.srem(key("intents"), member)
+        return out
+
+    # -- the atomic commit -----------------------------------------------------------------
+    def commit(self, record: dict[str, Any], expected: str | None, created_ms: int,
+               idempotent: dict[str, Any] | None) -> str:
+        """Append the record and move the pointer atomically; Conflict if the pointer moved."""
+        repository, environment = record["repository"], record["environment"]
+        pointer = {"digest": record["digest"], "promotion_id": record["id"],
+                   "promoted_at": record["created_at"], "tags": record["tags"]}
+        idem_key = idempotent["key"] if idempotent else "-"
+        answer = json.dumps(idempotent["value"]) if idempotent else ""
+        data = json.dumps(record, separators=(",", ":"), sort_keys=True)
+        ok, value = self._commit(
+            keys=[
+                key("env", repository),
+                key("history", "env", repository, environment),
+                key("history", "repo", repository),
+                key("history", "all"),
+                key("promotion", record["id"]),
+                key("intent", repository, environment),
+                key("idem", idem_key),
+                key("reached", repository),
+                key("repositories"),
+            ],
+            args=[environment, expected or "", data, json.dumps(pointer), created_ms, answer,
+                  record["digest"], record["created_at"], repository],
+        )
+        if not ok:
+            raise Conflict(f"environment {environment!r} of {repository} moved to "
+                           f"{value or 'nothing'} meanwhile")
+        self.r.srem(key("intents"), f"{repository}|{environment}")
+        return value
+
+    # -- reads -----------------------------------------------------------------------------
+    def record(self, promotion_id: str) -> dict[str, Any] | None:
+        """One promotion record."""
+        raw = self.r.get(key("promotion", promotion_id))
+        return json.loads(raw) if raw else None
+
+    def history(self, repository: str | None, environment: str | None, limit: int,
+                cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Records newest first; a page costs the same with ten records or a million."""
+        if repository and environment:
+            return page(self.r, key("history", "env", repository, environment), limit, cursor)
+        if repository:
+            return page(self.r, key("history", "repo", repository), limit, cursor)
+        keep = (lambda r: r["environment"] == environment) if environment else None
+        return page(self.r, key("history", "all"), limit, cursor, keep)
+
+    def at(self, repository: str, environment: str, at_ms: int) -> dict[str, Any] | None:
+        """The record in force in an environment at a time (newest not after `at_ms`)."""
+        found = self.r.xrevrange(key("history", "env", repository, environment),
+                                 max=str(at_ms), min="-", count=1)
+        return json.loads(found[0][1]["d"]) if found else None
+
+    def recent(self, repository: str, environment: str, count: int) -> list[dict[str, Any]]:
+        """The newest `count` records of one environment."""
+        found = self.r.xrevrange(key("history", "env", repository, environment), count=count)
+        return [json.loads(fields["d"]) for _, fields in found]
+
+    def reached(self, repository: str, digest: str, environments: list[str]) -> dict[str, str]:
+        """{environment: first time the digest reached it} for the given environments."""
+        if not environments:
+            return {}
+        values = self.r.hmget(key("reached", repository), [f"{e}|{digest}" for e in environments])
+        return {env: v for env, v in zip(environments, values, strict=True) if v}
+
+    def repositories(self) -> list[str]:
+        """Every repository that ever had a promotion."""
+        return sorted(self.r.smembers(key("repositories")))
+
+    # -- idempotency -----------------------------------------------------------------------
+    def begin_idempotent(self, idem_key: str, fingerprint: str) -> dict[str, Any] | None:
+        """Claim a key (None: go ahead) or return the first answer; 422/409 otherwise."""
+        running = json.dumps({"state": "running", "fp": fingerprint})
+        if self.r.set(key("idem", idem_key), running, nx=True, ex=IDEMPOTENCY_LEASE):
+            return None
+        raw = self.r.get(key("idem", idem_key))
+        if raw is None:  # expired between the two calls: claim again
+            return self.begin_idempotent(idem_key, fingerprint)
+        stored = json.loads(raw)
+        if stored["fp"] != fingerprint:
+            raise IdempotencyMismatch("Idempotency-Key was used with a different request body")
+        if stored["state"] == "running":
+            raise Conflict("a request with this Idempotency-Key is still in progress")
+        return stored
+
+    def finish_idempotent(self, idem_key: str, value: dict[str, Any]) -> None:
+        """Store the answer of a request that completed without the commit script."""
+        self.r.set(key("idem", idem_key), json.dumps(value), ex=IDEMPOTENCY_TTL)
+
+    def release_idempotent(self, idem_key: str) -> None:
+        """Free a key whose request failed (a retry may run it again)."""
+        self.r.delete(key("idem", idem_key))

@@ -1,0 +1,18 @@
+"""The services of a worker process, built once from the environment."""
+
+from __future__ import annotations
+
+import functools
+
+from service.config import Settings
+from service.services import Services
+
+
+@functools.cache
+def services() -> Services:
+    """Per-process services for jobs (same stores and registry client as the gateway)."""
+    svc = Services.build(Settings.from_env())
+    from service.wiring import wire
+
+    wire(svc)
+    return svc
