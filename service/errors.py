@@ -97,6 +97,8 @@ def handle_domain(exc: domain.DomainError) -> Response:
     status = _status_of(exc)
     if isinstance(exc, domain.RegistryUnavailable) and "unreachable" in exc.message:
         status = 503
+    if status >= 500:
+        log.warning("%s %s: %s", request.method, request.path, exc.message)
     decision = getattr(exc, "decision", None)
     violations = decision.to_dict()["violations"] if decision is not None else None
     if _is_registry_path():

@@ -9,7 +9,6 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 from service.jobs import enqueue_reconcile
-
 from service.store import connect
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.util.retry import Retry
 
 from service.domain.errors import NotFound, RegistryUnavailable
 
@@ -22,6 +24,11 @@ MANIFEST_TYPES = (
 INDEX_TYPES = MANIFEST_TYPES[1::2]
 ACCEPT_ALL = ", ".join(MANIFEST_TYPES)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+READ_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2)
+# Pooled keep-alive connections can be closed by the registry while idle; a request that
+# can be replayed (no streamed body) is retried on a fresh connection instead of failing.
+REPLAYABLE = Retry(total=2, connect=2, read=2, status=0, other=0, redirect=False,
+                   raise_on_status=False)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class RegistryClient:
                 headers=headers or {},
                 body=body,
                 chunked=chunked,
+                retries=REPLAYABLE if body is None or isinstance(body, bytes) else False,
                 preload_content=not stream,
                 decode_content=False,
                 redirect=False,
@@ -95,6 +103,18 @@ class RegistryClient:
             )
         except Urllib3Error as exc:
             raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from None
+
+    def _read(self, method: str, path: str, headers: dict[str, str] | None = None
+              ) -> urllib3.BaseHTTPResponse:
+        """An idempotent read, retried briefly on a 500: distribution's filesystem driver
+        rewrites link files in place, so a read racing a tag write can fail spuriously."""
+        resp = self.request(method, path, headers=headers, stream=False)
+        for delay in READ_RETRY_DELAYS:
+            if resp.status != 500:
+                break
+            time.sleep(delay)
+            resp = self.request(method, path, headers=headers, stream=False)
+        return resp
 
     def ping(self, timeout: float = 2.0) -> bool:
         """True when GET /v2/ answers with the registry API version header."""
@@ -107,11 +127,10 @@ class RegistryClient:
     # -- manifests -------------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str) -> Manifest | None:
         """Fetch a manifest by tag or digest with all four types accepted; None when absent."""
-        resp = self.request(
+        resp = self._read(
             "GET",
             f"/v2/{repository}/manifests/{quote(reference, safe=':')}",
             headers={"Accept": ACCEPT_ALL},
-            stream=False,
         )
         if resp.status == 404:
             return None
@@ -121,11 +140,10 @@ class RegistryClient:
 
     def head_manifest(self, repository: str, reference: str) -> str | None:
         """The digest a tag or digest resolves to, or None."""
-        resp = self.request(
+        resp = self._read(
             "HEAD",
             f"/v2/{repository}/manifests/{quote(reference, safe=':')}",
             headers={"Accept": ACCEPT_ALL},
-            stream=False,
         )
         if resp.status == 404:
             return None
@@ -154,7 +172,7 @@ class RegistryClient:
 
     def list_tags(self, repository: str) -> list[str] | None:
         """Every tag of a repository (unsorted, as 2.8 gives them), None when unknown."""
-        resp = self.request("GET", f"/v2/{repository}/tags/list", stream=False)
+        resp = self._read("GET", f"/v2/{repository}/tags/list")
         if resp.status == 404:
             return None
         self._raise_for(resp, "GET tags")
