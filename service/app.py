@@ -38,9 +38,9 @@ def _settings(config: Any) -> Settings:
 
 def api_blueprints() -> list[Blueprint]:
     """Every /api/v1 blueprint, in the order the spec lists them."""
-    from service.api import policies, promotions
+    from service.api import events, policies, promotions
 
-    return [policies.blp, promotions.blp]
+    return [policies.blp, promotions.blp, events.blp]
 
 
 def seed_policies(app: Flask, svc: Services) -> None:

@@ -45,6 +45,22 @@ def _secret(name: str, value: str) -> str:
     return value
 
 
+def _allowlist(name: str, value: str) -> tuple[str, ...]:
+    """Host names, addresses or CIDRs; each checked so a typo is caught at start."""
+    import ipaddress
+
+    items = tuple(item.strip().lower() for item in value.split(",") if item.strip())
+    for item in items:
+        if "/" in item:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name}: {item!r} is not a valid CIDR") from None
+        elif not all(c.isalnum() or c in ".-:_" for c in item):
+            raise ConfigError(f"{name}: {item!r} is not a host name, address or CIDR")
+    return items
+
+
 def _path(name: str, value: str, must_exist: bool) -> str:
     if value and must_exist and not Path(value).exists():
         raise ConfigError(f"{name}={value!r} does not exist")
@@ -67,6 +83,10 @@ class Settings:
     queue_name: str = "tagwarden"
     log_format: str = "json"
     environments: tuple[str, ...] = field(default=("develop", "staging", "production"))
+    outbound_allowlist: tuple[str, ...] = ()
+    delivery_backoff: int = 10
+    delivery_timeout: int = 5
+    webhook_max_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -104,6 +124,12 @@ class Settings:
             if v not in ("json", "text"):
                 raise ConfigError(f"TAGWARDEN_LOG_FORMAT={v!r} must be json or text")
             values["log_format"] = v
+        if (v := get("TAGWARDEN_OUTBOUND_ALLOWLIST")) is not None:
+            values["outbound_allowlist"] = _allowlist("TAGWARDEN_OUTBOUND_ALLOWLIST", v)
+        if (v := get("TAGWARDEN_DELIVERY_BACKOFF")) is not None:
+            values["delivery_backoff"] = _int("TAGWARDEN_DELIVERY_BACKOFF", v, 1, 3600)
+        if (v := get("TAGWARDEN_DELIVERY_TIMEOUT")) is not None:
+            values["delivery_timeout"] = _int("TAGWARDEN_DELIVERY_TIMEOUT", v, 1, 120)
         return cls(**values)
 
     @classmethod

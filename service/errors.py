@@ -14,7 +14,7 @@ from service.proxy import registry_error
 
 log = logging.getLogger("tagwarden.errors")
 
-STATUS = {
+STATUS: dict[type, int] = {
     domain.Unprocessable: 422,
     domain.InvalidRequest: 400,
     domain.NotFound: 404,
@@ -56,6 +56,8 @@ REGISTRY_CODES = {
 
 
 def _status_of(exc: domain.DomainError) -> int:
+    if getattr(exc, "status", None):
+        return int(exc.status)
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from service import notify
 from service.domain.durations import format_time
 from service.domain.errors import PolicyDenied
 from service.domain.policy import (
@@ -60,6 +61,7 @@ def deny(svc: Services, action: str, decision: Decision, actor: str | None, **ta
         svc.events.record(event)
     except Exception:  # noqa: BLE001 - the denial itself must still reach the client
         log.warning("could not record denial event for %s", target.get("repository"))
+    notify.emit(svc, "push.denied", event)
     raise PolicyDenied(denial_message(decision), decision)
 
 

@@ -8,7 +8,9 @@ from rq import Queue, Retry
 from rq.job import Job
 
 RECONCILE = "workers.reconcile.reconcile"
-JOBS = (RECONCILE,)
+DRAIN = "workers.events.drain"
+DELIVER = "workers.deliveries.deliver"
+JOBS = (RECONCILE, DRAIN, DELIVER)
 
 
 def enqueue_reconcile(queue: Queue, delay: timedelta | None = None) -> Job:
@@ -18,3 +20,21 @@ def enqueue_reconcile(queue: Queue, delay: timedelta | None = None) -> Job:
     if delay:
         return queue.enqueue_in(delay, RECONCILE, **options)
     return queue.enqueue(RECONCILE, **options)
+
+
+def enqueue_drain(queue: Queue) -> Job:
+    """Queue a drain of the registry-event inbox."""
+    return queue.enqueue(DRAIN, job_timeout=600, result_ttl=60, failure_ttl=24 * 3600,
+                         retry=Retry(max=5, interval=[1, 5, 15, 60, 120]))
+
+
+def delivery_intervals(base: int, attempts: int = 5) -> list[int]:
+    """Exponential backoff between delivery attempts: base, 3x, 9x, ..."""
+    return [base * 3**i for i in range(attempts - 1)]
+
+
+def enqueue_delivery(queue: Queue, delivery_id: str, base: int, timeout: int) -> Job:
+    """Queue one outgoing webhook delivery with exponential backoff (5 attempts)."""
+    return queue.enqueue(DELIVER, delivery_id, job_timeout=timeout * 3 + 10,
+                         result_ttl=3600, failure_ttl=7 * 24 * 3600,
+                         retry=Retry(max=4, interval=delivery_intervals(base)))

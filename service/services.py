@@ -13,8 +13,10 @@ from service.config import Settings
 from service.registry.client import RegistryClient
 from service.store.environments import EnvironmentStore
 from service.store.events import EventStore
+from service.store.inbox import Inbox
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
 
 
@@ -32,6 +34,8 @@ class Services:
     events: EventStore
     environments: EnvironmentStore
     promotions: PromotionStore
+    inbox: Inbox
+    subscriptions: SubscriptionStore
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -54,4 +58,6 @@ class Services:
             events=EventStore(client),
             environments=EnvironmentStore(client),
             promotions=PromotionStore(client),
+            inbox=Inbox(client),
+            subscriptions=SubscriptionStore(client),
         )

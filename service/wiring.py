@@ -7,4 +7,7 @@ from service.services import Services
 
 def wire(svc: Services) -> Services:
     """Attach the pieces other modules look up in `svc.extra`."""
+    from service.deliveries import fan_out
+
+    svc.extra["deliver"] = lambda event_type, data: fan_out(svc, event_type, data)
     return svc

@@ -22,6 +22,7 @@ class Stack:
     gateway: procs.Proc
     workdir: Path
     env: dict[str, str]
+    worker: procs.Proc | None = None
 
     @property
     def gw(self) -> str:
@@ -49,20 +50,28 @@ class Stack:
         return session
 
     def stop(self) -> None:
-        for proc in (self.gateway, self.registry, self.redis):
-            proc.stop()
+        for proc in (self.worker, self.gateway, self.registry, self.redis):
+            if proc is not None:
+                proc.stop()
 
 
-def start_stack(workdir: Path, **env_extra: str) -> Stack:
-    """Redis, a registry notifying the gateway, and the gateway under gunicorn."""
+TEST_ENV = {"TAGWARDEN_OUTBOUND_ALLOWLIST": "127.0.0.1", "TAGWARDEN_DELIVERY_BACKOFF": "1",
+            "TAGWARDEN_DELIVERY_TIMEOUT": "2"}
+
+
+def start_stack(workdir: Path, worker: bool = True, **env_extra: str) -> Stack:
+    """Redis, a registry notifying the gateway, the gateway under gunicorn, an RQ worker."""
     redis_proc = procs.redis_server(workdir / "redis")
     gw_port = procs.free_port()
     registry = procs.registry_server(
         workdir / "registry", f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry"
     )
-    env = procs.gateway_env(redis_proc.port, registry.port, **env_extra)
+    env = procs.gateway_env(redis_proc.port, registry.port, **{**TEST_ENV, **env_extra})
     gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
-    return Stack(redis_proc, registry, gateway, workdir, env)
+    stack = Stack(redis_proc, registry, gateway, workdir, env)
+    if worker:
+        stack.worker = procs.worker_process(workdir / "worker", env)
+    return stack
 
 
 @pytest.fixture(scope="session")

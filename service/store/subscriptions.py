@@ -1,0 +1,62 @@
+"""Outgoing-webhook subscriptions and their deliveries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from service.store import key
+from service.store.pagination import page
+
+DELIVERY_TTL = 30 * 24 * 3600
+
+
+class SubscriptionStore:
+    """Subscriptions (secrets kept for signing, never returned) and delivery records."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    def put(self, sub: dict[str, Any]) -> None:
+        """Create a subscription."""
+        self.r.hset(key("subscriptions"), sub["id"], json.dumps(sub))
+
+    def get(self, sub_id: str) -> dict[str, Any] | None:
+        """One subscription including its secret (for the delivery job only)."""
+        raw = self.r.hget(key("subscriptions"), sub_id)
+        return json.loads(raw) if raw else None
+
+    def delete(self, sub_id: str) -> bool:
+        """Remove a subscription (its delivery records expire on their own)."""
+        return bool(self.r.hdel(key("subscriptions"), sub_id))
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every subscription, oldest first."""
+        subs = [json.loads(v) for v in self.r.hgetall(key("subscriptions")).values()]
+        return sorted(subs, key=lambda s: (s["created_at"], s["id"]))
+
+    def add_delivery(self, delivery: dict[str, Any]) -> None:
+        """Record a new delivery and index it under its subscription."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(key("delivery", delivery["id"]), json.dumps(delivery), ex=DELIVERY_TTL)
+        pipe.xadd(key("deliveries", delivery["subscription_id"]), {"d": json.dumps(
+            {"id": delivery["id"]})}, maxlen=100_000, approximate=True)
+        pipe.execute()
+
+    def delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        """One delivery with its attempts."""
+        raw = self.r.get(key("delivery", delivery_id))
+        return json.loads(raw) if raw else None
+
+    def save_delivery(self, delivery: dict[str, Any]) -> None:
+        """Store a delivery's new status and attempts."""
+        self.r.set(key("delivery", delivery["id"]), json.dumps(delivery), ex=DELIVERY_TTL)
+
+    def deliveries(self, sub_id: str, limit: int, cursor: str | None
+                   ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of a subscription's deliveries, newest first."""
+        refs, next_cursor = page(self.r, key("deliveries", sub_id), limit, cursor)
+        raw = self.r.mget([key("delivery", ref["id"]) for ref in refs]) if refs else []
+        return [json.loads(r) for r in raw if r], next_cursor

@@ -1,0 +1,87 @@
+"""The registry's notification receiver: authenticate, validate, dedupe, queue — fast."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from service import jobs
+from service.domain.errors import DomainError, InvalidRequest, Unauthorized
+from service.services import Services
+
+ACTIONS = ("push", "pull", "mount", "delete")
+CONTENT_TYPES = ("application/vnd.docker.distribution.events.v1+json", "application/json")
+
+
+class PayloadTooLarge(DomainError):
+    """A body over the receiver's limit (413)."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedMediaType(DomainError):
+    """Not the registry's envelope media type (415)."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+def authenticate(svc: Services, header: str | None) -> None:
+    """The webhook's own bearer token, compared in constant time."""
+    expected = svc.settings.webhook_token
+    scheme, _, given = (header or "").partition(" ")
+    if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()):
+        raise Unauthorized("missing or wrong webhook token")
+
+
+def slim(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields Tagwarden uses from one registry event, or None when it is unusable."""
+    target = event.get("target")
+    if not isinstance(event.get("id"), str) or not event["id"] or len(event["id"]) > 128:
+        return None
+    if event.get("action") not in ACTIONS or not isinstance(target, dict):
+        return None
+    repository = target.get("repository")
+    if not isinstance(repository, str) or not repository:
+        return None
+    request = event.get("request") if isinstance(event.get("request"), dict) else {}
+    actor = event.get("actor") if isinstance(event.get("actor"), dict) else {}
+    out = {
+        "id": event["id"], "action": event["action"], "repository": repository,
+        "timestamp": event.get("timestamp") if isinstance(event.get("timestamp"), str) else None,
+        "media_type": target.get("mediaType"), "digest": target.get("digest"),
+        "tag": target.get("tag"), "size": target.get("size"),
+        "from_repository": target.get("fromRepository"),
+        "request": {"addr": request.get("addr"), "method": request.get("method"),
+                    "useragent": request.get("useragent"), "id": request.get("id")},
+        "actor": actor.get("name"), "source": "registry",
+    }
+    for name in ("digest", "tag", "media_type", "from_repository"):
+        if out[name] is not None and not isinstance(out[name], str):
+            return None
+    return out
+
+
+def receive(svc: Services, content_type: str, body: bytes) -> dict[str, int]:
+    """Accept an envelope: {"accepted", "duplicates", "skipped"}; malformed events counted."""
+    if content_type.split(";")[0].strip().lower() not in CONTENT_TYPES:
+        raise UnsupportedMediaType(f"content type must be one of {', '.join(CONTENT_TYPES)}")
+    try:
+        envelope = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("body is not JSON", errors={"body": ["invalid JSON"]}) from None
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("events"), list):
+        raise InvalidRequest("body is not a notification envelope",
+                             errors={"events": ["a list of events is required"]})
+    usable = [e for e in (slim(x) if isinstance(x, dict) else None for x in envelope["events"])
+              if e is not None]
+    skipped = len(envelope["events"]) - len(usable)
+    accepted = svc.inbox.accept(usable) if usable else 0
+    if skipped:
+        svc.events.count("webhook.malformed", skipped)
+    if accepted and svc.inbox.kick():
+        jobs.enqueue_drain(svc.queue)
+    return {"accepted": accepted, "duplicates": len(usable) - accepted, "skipped": skipped}

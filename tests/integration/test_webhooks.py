@@ -1,0 +1,212 @@
+"""Registry notifications in, drift healed, signed notifications out — all real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import oci, procs
+from tests.integration.conftest import Stack
+from tests.integration.test_promotions import push, registry_digest
+
+POLICY = {
+    "name": "hooks",
+    "repositories": ["hooks/*"],
+    "promotion": {"develop": {}, "staging": {"from": "develop"},
+                  "production": {"from": "staging"}},
+}
+EVENTS_TYPE = "application/vnd.docker.distribution.events.v1+json"
+
+
+def wait_for(check, timeout: float = 20.0, interval: float = 0.2):
+    """Poll `check` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def policy(stack: Stack):
+    resp = stack.admin().put(f"{stack.gw_url}/api/v1/policies/hooks", json=POLICY, timeout=10)
+    assert resp.status_code == 200, resp.text
+
+
+class Receiver:
+    """A local HTTP endpoint recording what it receives, answering a chosen status."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.requests: list[tuple[dict, bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((dict(self.headers), body))
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def events(stack: Stack, **params) -> list[dict]:
+    resp = stack.admin().get(f"{stack.gw_url}/api/v1/events", params=params, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["items"]
+
+
+def test_push_through_gateway_is_recorded_as_event(stack: Stack, policy, tmp_path: Path):
+    image = push(stack, tmp_path, "hooks-events", "hooks/events:v1.0.0")
+    found = wait_for(lambda: [e for e in events(stack, repository="hooks/events", action="push")
+                              if e.get("tag") == "v1.0.0"])
+    assert found[0]["digest"] == image.digest
+    assert found[0]["source"] == "registry"
+
+
+def test_direct_push_of_environment_tag_is_detected_and_restored(stack: Stack, policy,
+                                                                 tmp_path: Path):
+    repo = "hooks/drift"
+    good = push(stack, tmp_path, "drift-good", f"{repo}:v1.0.0")
+    for env, src in (("develop", {"tag": "v1.0.0"}), ("staging", {"from_environment": "develop"}),
+                     ("production", {"from_environment": "staging"})):
+        resp = stack.admin().post(f"{stack.gw_url}/api/v1/promotions",
+                                  json={"repository": repo, "environment": env, **src},
+                                  timeout=10)
+        assert resp.status_code == 201, resp.text
+    rogue = oci.simple_image("drift-rogue")
+    layout = oci.write_layout(tmp_path / "rogue", {"img": rogue})
+    direct = oci.skopeo_copy(f"oci:{layout}:img", f"docker://{stack.reg}/{repo}:production")
+    assert direct.returncode == 0, direct.stderr
+    wait_for(lambda: registry_digest(stack, repo, "production") == good.digest)
+    drift = wait_for(lambda: events(stack, repository=repo, action="drift.detected"))
+    assert drift[0]["tag"] == "production"
+    assert drift[0]["expected_digest"] == good.digest
+    assert drift[0]["found_digest"] == rogue.digest
+    assert drift[0]["restored"] is True
+
+
+def test_subscription_receives_signed_promotion_event(stack: Stack, policy, tmp_path: Path):
+    receiver = Receiver(200)
+    secret = "s3cret-for-signing-" + uuid.uuid4().hex
+    try:
+        sub = stack.admin().post(f"{stack.gw_url}/api/v1/subscriptions", json={
+            "url": receiver.url, "events": ["promotion.succeeded"], "secret": secret,
+            "repositories": ["hooks/signed"]}, timeout=10)
+        assert sub.status_code == 201, sub.text
+        assert "secret" not in sub.json()
+        push(stack, tmp_path, "signed-1", "hooks/signed:v1.0.0")
+        record = stack.admin().post(f"{stack.gw_url}/api/v1/promotions", json={
+            "repository": "hooks/signed", "environment": "develop", "tag": "v1.0.0"},
+            timeout=10).json()
+        wait_for(lambda: receiver.requests)
+        headers, body = receiver.requests[0]
+        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["X-Tagwarden-Signature"] == expected
+        assert headers["X-Tagwarden-Event"] == "promotion.succeeded"
+        payload = json.loads(body)
+        assert payload["delivery"] == headers["X-Tagwarden-Delivery"]
+        assert payload["repository"] == "hooks/signed"
+        assert payload["environment"] == "develop"
+        assert payload["digest"] == record["digest"]
+        assert payload["data"]["id"] == record["id"]
+        assert payload["link"].endswith(f"/api/v1/promotions/{record['id']}")
+        sub_id = sub.json()["id"]
+        deliveries = wait_for(lambda: [d for d in stack.admin().get(
+            f"{stack.gw_url}/api/v1/subscriptions/{sub_id}/deliveries", timeout=10
+        ).json()["items"] if d["status"] == "delivered"])
+        assert deliveries[0]["attempts"][0]["status"] == 200
+    finally:
+        receiver.close()
+
+
+def test_failing_endpoint_is_retried_with_backoff(stack: Stack, policy, tmp_path: Path):
+    receiver = Receiver(500)
+    try:
+        sub = stack.admin().post(f"{stack.gw_url}/api/v1/subscriptions", json={
+            "url": receiver.url, "events": ["promotion.succeeded"],
+            "secret": "x" * 20, "repositories": ["hooks/failing"]}, timeout=10).json()
+        push(stack, tmp_path, "failing-1", "hooks/failing:v1.0.0")
+        assert stack.admin().post(f"{stack.gw_url}/api/v1/promotions", json={
+            "repository": "hooks/failing", "environment": "develop", "tag": "v1.0.0"},
+            timeout=10).status_code == 201
+        url = f"{stack.gw_url}/api/v1/subscriptions/{sub['id']}/deliveries"
+
+        def three_attempts():
+            items = stack.admin().get(url, timeout=10).json()["items"]
+            return items if items and len(items[0]["attempts"]) >= 3 else None
+
+        delivery = wait_for(three_attempts, timeout=40)[0]
+        assert delivery["status"] == "retrying"
+        assert [a["status"] for a in delivery["attempts"][:3]] == [500, 500, 500]
+        times = [time.mktime(time.strptime(a["at"][:19], "%Y-%m-%dT%H:%M:%S"))
+                 for a in delivery["attempts"][:3]]
+        assert times[2] - times[1] >= times[1] - times[0]  # the gaps grow
+        assert len(receiver.requests) >= 3
+    finally:
+        receiver.close()
+
+
+def test_receiver_rejects_bad_input_and_deduplicates(stack: Stack):
+    url = f"{stack.gw_url}/api/v1/webhooks/registry"
+    auth = {"Authorization": f"Bearer {procs.WEBHOOK_TOKEN}", "Content-Type": EVENTS_TYPE}
+    event = {"id": str(uuid.uuid4()), "action": "pull", "timestamp": "2026-11-28T00:00:00Z",
+             "target": {"repository": "hooks/seen", "digest": "sha256:" + "1" * 64,
+                        "mediaType": oci.OCI_MANIFEST}}
+    assert requests.post(url, json={"events": [event]}, timeout=5).status_code == 401
+    wrong = {**auth, "Authorization": "Bearer nope-nope-nope-nope"}
+    assert requests.post(url, data=json.dumps({"events": []}), headers=wrong,
+                         timeout=5).status_code == 401
+    text = {**auth, "Content-Type": "text/plain"}
+    assert requests.post(url, data="{}", headers=text, timeout=5).status_code == 415
+    assert requests.post(url, data="{nope", headers=auth, timeout=5).status_code == 400
+    assert requests.post(url, data='{"no": 1}', headers=auth, timeout=5).status_code == 400
+    huge = requests.post(url, data=b"x" * (10 * 1024 * 1024), headers=auth, timeout=30)
+    assert huge.status_code == 413
+    assert huge.json()["code"] == "payload_too_large"
+    body = json.dumps({"events": [event, event, {"id": "x"}, "junk"]})
+    first = requests.post(url, data=body, headers=auth, timeout=5)
+    assert first.status_code == 200
+    assert first.json() == {"accepted": 1, "duplicates": 1, "skipped": 2}
+    again = requests.post(url, data=body, headers={**auth, "Content-Type": "application/json"},
+                          timeout=5)
+    assert again.json() == {"accepted": 0, "duplicates": 2, "skipped": 2}
+    recorded = wait_for(lambda: events(stack, repository="hooks/seen"))
+    assert [e["id"] for e in recorded] == [event["id"]]
+
+
+def test_subscriptions_refuse_internal_urls_and_bad_fields(stack: Stack):
+    url = f"{stack.gw_url}/api/v1/subscriptions"
+    for target in ("http://169.254.169.254/latest", "http://10.1.2.3/x", "ftp://example.com/",
+                   "http://user:pw@127.0.0.1/x"):
+        resp = stack.admin().post(url, json={"url": target, "events": ["scan.completed"],
+                                             "secret": "y" * 20}, timeout=10)
+        assert resp.status_code in (400, 422), (target, resp.text)
+        assert "url" in resp.json().get("errors", {}), resp.text
+    bad = stack.admin().post(url, json={"url": "http://127.0.0.1:1/x", "events": ["nope"],
+                                        "secret": "short"}, timeout=10)
+    assert bad.status_code == 422
+    assert set(bad.json()["errors"]) == {"events.0", "secret"}

@@ -1,0 +1,124 @@
+"""Processing of registry events: record, learn tags, scan on push, detect and heal drift."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from service import drift, governance
+from service.domain.tags import matches_any
+from service.registry.client import MANIFEST_TYPES
+from service.services import Services
+from workers.context import services
+
+log = logging.getLogger("tagwarden.events")
+SETTLE_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)  # the registry notifies before linking the tag
+
+
+def drain(max_seconds: float = 300.0) -> dict[str, int]:
+    """Process the inbox until it is empty (or for at most `max_seconds`)."""
+    svc = services()
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    processed = failed = 0
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline:
+        batch = svc.inbox.read(consumer)
+        if not batch:
+            svc.inbox.done_draining()
+            batch = svc.inbox.read(consumer)  # an event accepted just before the flag dropped
+            if not batch:
+                break
+        done = []
+        for entry_id, event in batch:
+            try:
+                process(svc, event)
+                processed += 1
+            except Exception:  # noqa: BLE001 - one bad event must not stall the others
+                log.exception("event %s failed", event.get("id"))
+                svc.events.count("webhook.failed")
+                failed += 1
+            done.append(entry_id)
+        svc.inbox.ack(done)
+    return {"processed": processed, "failed": failed}
+
+
+def process(svc: Services, event: dict[str, Any]) -> None:
+    """Handle one registry event."""
+    svc.events.record(event)
+    is_manifest = event.get("media_type") in MANIFEST_TYPES
+    if event["action"] == "push" and is_manifest and event.get("digest"):
+        on_manifest_push(svc, event)
+    elif event["action"] == "delete":
+        on_delete(svc, event)
+
+
+def _settled(svc: Services, repository: str, tag: str, digest: str) -> str | None:
+    """The tag's digest once the registry has linked it (or what it is after waiting)."""
+    found = svc.registry.head_manifest(repository, tag)
+    for delay in SETTLE_DELAYS:
+        if found == digest:
+            break
+        time.sleep(delay)
+        found = svc.registry.head_manifest(repository, tag)
+    return found
+
+
+def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
+    """Learn the tag, heal environment/immutable tags moved behind the gateway's back, scan."""
+    repository, digest, tag = event["repository"], event["digest"], event.get("tag")
+    policy = governance.policy_for(svc, repository)
+    if tag and tag in policy.environments:
+        check_environment_tag(svc, repository, tag, digest)
+    elif tag:
+        with svc.tags.lock(repository, tag):
+            known = svc.tags.get(repository, tag)
+            immutable = matches_any(tag, policy.push.immutable, policy.environments)
+            if immutable and known is not None and known != digest:
+                found = _settled(svc, repository, tag, digest)
+                drift.check_tag(svc, repository, tag, known, found, "immutable")
+            else:
+                svc.tags.set(repository, tag, digest)
+    scan = svc.extra.get("scan_on_push")
+    if scan is not None and policy.scan_on_push:
+        scan(repository, digest)
+
+
+def check_environment_tag(svc: Services, repository: str, tag: str, digest: str) -> None:
+    """An environment tag was written: fine if by the gateway, drift otherwise."""
+    pointer = svc.environments.digests(repository).get(tag)
+    intent = svc.promotions.intent(repository, tag)
+    if digest == pointer or (intent and intent["record"]["digest"] == digest):
+        return
+    if pointer is None:
+        return  # never promoted: nothing to defend (the push itself was not via the gateway)
+    lock = svc.promotions.lock(repository, tag, wait=30.0)
+    if not lock.acquire():
+        return
+    try:
+        pointer = svc.environments.digests(repository).get(tag)
+        found = _settled(svc, repository, tag, digest)
+        if pointer is not None:
+            drift.check_tag(svc, repository, tag, pointer, found, "environment")
+    finally:
+        lock.release()
+
+
+def on_delete(svc: Services, event: dict[str, Any]) -> None:
+    """A manifest or tag was deleted in the registry: forget it, heal environment tags."""
+    repository, digest, tag = event["repository"], event.get("digest"), event.get("tag")
+    pointers = svc.environments.digests(repository)
+    if tag:
+        if tag in pointers:
+            drift.check_tag(svc, repository, tag, pointers[tag],
+                            svc.registry.head_manifest(repository, tag), "environment")
+        else:
+            svc.tags.forget(repository, tag)
+    elif digest:
+        governance.after_manifest_delete(svc, repository, digest)
+        for env, pointed in pointers.items():
+            if pointed == digest:
+                drift.check_tag(svc, repository, env, pointed,
+                                svc.registry.head_manifest(repository, env), "environment")
