@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def cmd_dev(_args: argparse.Namespace) -> int:
@@ -45,6 +48,353 @@ def cmd_registry_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- CI subcommands: promote, rollback, history, status (HTTP API via service.client) ---------
+DEFAULT_URL = "http://127.0.0.1:8080"
+DIGEST_SHORT = 19  # "sha256:" and 12 hex digits
+
+# CI systems: (name, variable naming the run, variables that survive a retry of the step).
+# Deliberately no attempt counters or job ids (GITHUB_RUN_ATTEMPT, CI_JOB_ID): those change
+# when a step is retried, and a retried step must replay the first answer, not promote again.
+CI_SYSTEMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("gitlab", "CI_PIPELINE_ID", ("CI_PROJECT_ID", "CI_JOB_NAME")),
+    ("github", "GITHUB_RUN_ID", ("GITHUB_REPOSITORY", "GITHUB_WORKFLOW", "GITHUB_JOB",
+                                 "GITHUB_ACTION")),
+    ("buildkite", "BUILDKITE_BUILD_ID", ("BUILDKITE_STEP_ID",)),
+    ("circleci", "CIRCLE_WORKFLOW_ID", ("CIRCLE_JOB",)),
+    ("jenkins", "BUILD_TAG", ("STAGE_NAME",)),
+)
+
+
+def ci_idempotency_key(repository: str, environment: str, source: dict[str, str],
+                       env: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """(key, where it came from) for a promotion run by a known CI system, else None.
+    Stable across retries of the same step; different for another repository, target or
+    source, and for another pipeline run."""
+    env = os.environ if env is None else env
+    for name, run_var, step_vars in CI_SYSTEMS:
+        run_id = env.get(run_var, "").strip()
+        if not run_id:
+            continue
+        material = {"v": 1, "ci": name, "run": run_id,
+                    "step": {var: env.get(var, "") for var in step_vars},
+                    "repository": repository, "environment": environment, "source": source}
+        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:48]
+        return f"tagwarden-{name}-{digest}", f"{run_var}={run_id}"
+    return None
+
+
+def _print_json(body: Any) -> None:
+    print(json.dumps(body, indent=2, sort_keys=False))
+
+
+def _short(digest: str | None) -> str:
+    return digest[:DIGEST_SHORT] if digest else "-"
+
+
+def _source_text(source: dict[str, Any] | None) -> str:
+    if not source:
+        return "-"
+    # a rollback carries {"digest", "promotion"}: the promotion it went back to says more
+    kind = next((k for k in ("promotion", "environment", "tag", "digest") if source.get(k)),
+                next(iter(source)))
+    value = source[kind]
+    label = {"environment": "env", "promotion": "rollback-to"}.get(kind, kind)
+    value = _short(value) if kind == "digest" else str(value)
+    return f"{label} {value}"
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split()) if text else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; the last column is not padded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _violation_lines(violations: list[dict[str, Any]], fallback_policy: str | None,
+                     verb: str) -> list[str]:
+    """`DENIED by policy 'X':` then `  - [rule] message`, grouped by policy in order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for violation in violations:
+        groups.setdefault(str(violation.get("policy") or fallback_policy or "?"),
+                          []).append(violation)
+    lines = []
+    for policy, items in groups.items():
+        lines.append(f"{verb} by policy '{policy}':")
+        lines += [f"  - [{v.get('rule', '?')}] {v.get('message', '')}" for v in items]
+    return lines
+
+
+def _report_error(exc: Exception, args: argparse.Namespace, hint: str | None = None) -> int:
+    """Print an API or connection failure; 2 for a policy denial, 1 for anything else."""
+    from service.client import ApiConnectionError, ApiError
+
+    if isinstance(exc, ApiConnectionError):
+        if args.json:
+            _print_json({"code": "connection_failed", "message": str(exc), "url": exc.url})
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    assert isinstance(exc, ApiError)
+    if args.json:
+        _print_json(exc.body)
+    if exc.policy_denied:
+        violations = exc.body.get("violations") or []
+        lines = _violation_lines(violations, None, "DENIED")
+        if not lines:
+            lines = [f"DENIED by policy: {exc.message}"]
+        print("\n".join(lines), file=sys.stderr)
+        return 2
+    print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+    errors = exc.body.get("errors")
+    if isinstance(errors, dict):
+        for field, messages in errors.items():
+            if isinstance(messages, list):
+                text = "; ".join(str(m) for m in messages)
+            else:
+                text = str(messages)
+            print(f"  {field}: {text}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    return 1
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import ApiClient
+
+    url = args.url or os.environ.get("TAGWARDEN_URL") or DEFAULT_URL
+    token = args.token if args.token is not None else os.environ.get("TAGWARDEN_TOKEN")
+    return ApiClient(url, token or None, args.timeout)
+
+
+def _call(args: argparse.Namespace, fn: Callable[[], Any], hint: str | None = None
+          ) -> tuple[Any, int | None]:
+    """(result, None) or (None, exit code) after printing the failure."""
+    from service.client import ApiConnectionError, ApiError
+
+    try:
+        return fn(), None
+    except (ApiError, ApiConnectionError) as exc:
+        return None, _report_error(exc, args, hint)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """POST /api/v1/promotions."""
+    if args.tag:
+        source = {"tag": args.tag}
+    elif args.digest:
+        source = {"digest": args.digest}
+    else:
+        source = {"from_environment": args.from_env}
+    body: dict[str, Any] = {"repository": args.repository, "environment": args.to, **source}
+    if args.reason is not None:
+        body["reason"] = args.reason
+    if args.expected_digest:
+        body["expected_digest"] = args.expected_digest
+    if args.dry_run:
+        body["dry_run"] = True
+    key, hint = args.idempotency_key, None
+    if key is None and not args.dry_run:
+        derived = ci_idempotency_key(args.repository, args.to, source)
+        if derived is not None:
+            key = derived[0]
+            hint = (f"the Idempotency-Key was derived from the CI run ({derived[1]}); "
+                    "pass --idempotency-key to choose another")
+    client = _client(args)
+    record, failed = _call(args, lambda: client.promote(body, key), hint)
+    if failed is not None:
+        return failed
+    if args.dry_run:
+        allowed = bool(record.get("allowed"))
+        if args.json:
+            _print_json(record)
+            return 0 if allowed else 2
+        what = (f"dry run: promoting {args.repository} {_source_text(record.get('source'))} "
+                f"({record.get('digest')}) to {args.to}")
+        if allowed:
+            print(f"{what} would be allowed by policy '{record.get('policy')}'")
+            return 0
+        print(f"{what} would be denied")
+        print("\n".join(_violation_lines(record.get("violations") or [], record.get("policy"),
+                                         "DENIED")))
+        return 2
+    if args.json:
+        _print_json(record)
+        return 0
+    same = record.get("previous_digest") == record.get("digest")
+    print(f"promoted {record.get('repository')} to {record.get('environment')}: "
+          f"{record.get('digest')}" + (" (unchanged, recorded again)" if same else ""))
+    _print_record(record)
+    return 0
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    rows = [("id", record.get("id")), ("source", _source_text(record.get("source"))),
+            ("previous", record.get("previous_digest") or "none"),
+            ("tags", ", ".join(record.get("tags") or []) or "-"),
+            ("policy", record.get("policy")), ("actor", record.get("actor")),
+            ("reason", _one_line(record.get("reason"))), ("at", record.get("created_at"))]
+    for label, value in rows:
+        print(f"  {label:<9} {value if value is not None else '-'}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """POST /api/v1/rollbacks."""
+    body: dict[str, Any] = {"repository": args.repository, "environment": args.env,
+                            "to": args.to}
+    if args.reason is not None:
+        body["reason"] = args.reason
+    client = _client(args)
+    record, failed = _call(args, lambda: client.rollback(body))
+    if failed is not None:
+        return failed
+    if args.json:
+        _print_json(record)
+        return 0
+    print(f"rolled back {record.get('repository')} {record.get('environment')} to "
+          f"{record.get('digest')}")
+    _print_record(record)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """GET /api/v1/promotions (every page with --all)."""
+    client = _client(args)
+
+    def fetch() -> dict[str, Any]:
+        if not args.all:
+            return client.promotions(args.repository, args.env, args.limit)
+        items: list[dict[str, Any]] = []
+        for page in client.iter_promotions(args.repository, args.env, args.limit):
+            items += page.get("items") or []
+        return {"items": items, "next_cursor": None}
+
+    page, failed = _call(args, fetch)
+    if failed is not None:
+        return failed
+    if args.json:
+        _print_json(page)
+        return 0
+    items = page.get("items") or []
+    if not items:
+        where = f" in {args.env}" if args.env else ""
+        print(f"no promotions of {args.repository}{where}")
+        return 0
+    rows = [[r.get("created_at") or "-", r.get("environment") or "-", r.get("kind") or "-",
+             _short(r.get("digest")), _source_text(r.get("source")),
+             _one_line(r.get("actor")), _one_line(r.get("reason"))] for r in items]
+    print(_table(["TIME", "ENV", "KIND", "DIGEST", "SOURCE", "ACTOR", "REASON"], rows))
+    if page.get("next_cursor"):
+        print(f"(more: --all, or --limit above {args.limit})", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """GET /api/v1/environments."""
+    client = _client(args)
+    state, failed = _call(args, lambda: client.environments(args.repository, args.at))
+    if failed is not None:
+        return failed
+    if args.json:
+        _print_json(state)
+        return 0
+    print(f"{state.get('repository', args.repository)} at {state.get('at') or 'now'}")
+    rows = [[e.get("name") or "-", e.get("digest") or "-", e.get("promoted_at") or "-",
+             ", ".join(e.get("tags") or []) or "-"] for e in state.get("environments") or []]
+    print(_table(["ENV", "DIGEST", "PROMOTED_AT", "TAGS"], rows))
+    return 0
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
+
+
+def _api_options() -> argparse.ArgumentParser:
+    """--url, --token, --json, --timeout: shared by the CI subcommands."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("API options")
+    group.add_argument("--url", default=None,
+                       help=f"Tagwarden base URL (default: $TAGWARDEN_URL, else {DEFAULT_URL})")
+    group.add_argument("--token", default=None,
+                       help="API bearer token (default: $TAGWARDEN_TOKEN; prefer the variable, "
+                            "arguments are visible to other processes)")
+    group.add_argument("--json", action="store_true",
+                       help="print the JSON response (or error body) instead of text")
+    group.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS",
+                       help="HTTP timeout in seconds (default: 60)")
+    return parent
+
+
+def add_ci_parsers(sub: Any) -> None:
+    """promote, rollback, history and status."""
+    api = _api_options()
+    exit_codes = ("exit status: 0 success, 2 refused by policy (or a dry run that would be), "
+                  "1 any other error")
+    promote = sub.add_parser(
+        "promote", parents=[api], help="promote a tag, digest or environment's digest",
+        description="Promote a digest into an environment (POST /api/v1/promotions). "
+                    "Without --idempotency-key, a key is derived from the CI run (GitLab, "
+                    "GitHub Actions, Buildkite, CircleCI, Jenkins) so that a retried step "
+                    "replays the first answer instead of promoting twice.",
+        epilog=exit_codes)
+    promote.add_argument("--repository", required=True, metavar="REPO",
+                         help="registry repository, e.g. team/app")
+    source = promote.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tag", help="promote the digest this tag points to")
+    source.add_argument("--digest", metavar="sha256:...", help="promote this digest")
+    source.add_argument("--from", dest="from_env", metavar="ENV",
+                        help="promote what environment ENV points to")
+    promote.add_argument("--to", required=True, metavar="ENV", help="target environment")
+    promote.add_argument("--reason", metavar="TEXT", help="why (recorded in the history)")
+    promote.add_argument("--expected-digest", metavar="D",
+                         help="refuse (409) unless the target points to this digest now")
+    promote.add_argument("--dry-run", action="store_true",
+                         help="only say whether the promotion would be allowed")
+    promote.add_argument("--idempotency-key", metavar="KEY",
+                         help="retrying with the same key replays the first answer")
+
+    rollback = sub.add_parser(
+        "rollback", parents=[api], help="roll an environment back",
+        description="Move an environment back to its previous digest or to an earlier "
+                    "promotion (POST /api/v1/rollbacks).", epilog=exit_codes)
+    rollback.add_argument("--repository", required=True, metavar="REPO")
+    rollback.add_argument("--env", required=True, metavar="ENV", help="environment to roll back")
+    rollback.add_argument("--to", default="previous", metavar="previous|PROMOTION_ID",
+                          help="the previous digest (default) or a promotion id of ENV")
+    rollback.add_argument("--reason", metavar="TEXT")
+
+    history = sub.add_parser(
+        "history", parents=[api], help="promotion history, newest first",
+        description="Promotions and rollbacks, newest first (GET /api/v1/promotions).")
+    history.add_argument("--repository", required=True, metavar="REPO")
+    history.add_argument("--env", metavar="ENV", help="only this environment")
+    history.add_argument("--limit", type=_positive(int), default=50, metavar="N",
+                         help="records per page (default: 50, max 500)")
+    history.add_argument("--all", action="store_true", help="follow next_cursor to the end")
+
+    status = sub.add_parser(
+        "status", parents=[api], help="what each environment points to",
+        description="Each environment's digest, promotion time and tags, now or at a time "
+                    "(GET /api/v1/environments).")
+    status.add_argument("--repository", required=True, metavar="REPO")
+    status.add_argument("--at", metavar="RFC3339", help="as it was at this time")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand and its flags."""
     parser = argparse.ArgumentParser(prog="tagwarden", description=__doc__)
@@ -57,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--addr", default="0.0.0.0:5000")
     reg.add_argument("--webhook-url", default="http://gateway:8080/api/v1/webhooks/registry")
     reg.add_argument("--out", default="-")
+    add_ci_parsers(sub)
     return parser
 
 
@@ -64,6 +415,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dev": cmd_dev,
     "worker": cmd_worker,
     "registry-config": cmd_registry_config,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
+    "history": cmd_history,
+    "status": cmd_status,
 }
 
 
