@@ -9,7 +9,7 @@ import redis
 from flask import Flask
 from flask_smorest import Api, Blueprint
 
-from service import logs, proxy
+from service import logs, proxy, security
 from service.config import ConfigError, Settings
 from service.domain.errors import InvalidRequest
 from service.errors import register_error_handlers
@@ -38,9 +38,9 @@ def _settings(config: Any) -> Settings:
 
 def api_blueprints() -> list[Blueprint]:
     """Every /api/v1 blueprint, in the order the spec lists them."""
-    from service.api import events, policies, promotions
+    from service.api import events, policies, promotions, tokens
 
-    return [policies.blp, promotions.blp, events.blp]
+    return [policies.blp, promotions.blp, events.blp, tokens.blp]
 
 
 def seed_policies(app: Flask, svc: Services) -> None:
@@ -84,6 +84,7 @@ def create_app(config: Any = None) -> Flask:
     api = Api(app)
     app.extensions["api"] = api
     register_error_handlers(app)
+    security.install(app, svc)
     app.register_blueprint(health_bp)
     app.register_blueprint(proxy.bp)
     for blueprint in api_blueprints():

@@ -45,6 +45,19 @@ def _secret(name: str, value: str) -> str:
     return value
 
 
+def _rate(name: str, value: str) -> str:
+    """A rate like `1200/minute` (the `limits` library's notation), or `off`."""
+    if value.strip().lower() in ("off", "0", "none", ""):
+        return "off"
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a rate such as 1200/minute") from None
+    return value
+
+
 def _allowlist(name: str, value: str) -> tuple[str, ...]:
     """Host names, addresses or CIDRs; each checked so a typo is caught at start."""
     import ipaddress
@@ -87,6 +100,11 @@ class Settings:
     delivery_backoff: int = 10
     delivery_timeout: int = 5
     webhook_max_bytes: int = 1024 * 1024
+    api_max_bytes: int = 2 * 1024 * 1024
+    anonymous_pull: bool = False
+    rate_limit: str = "1200/minute"
+    open_docs: bool = True
+    open_metrics: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -130,6 +148,14 @@ class Settings:
             values["delivery_backoff"] = _int("TAGWARDEN_DELIVERY_BACKOFF", v, 1, 3600)
         if (v := get("TAGWARDEN_DELIVERY_TIMEOUT")) is not None:
             values["delivery_timeout"] = _int("TAGWARDEN_DELIVERY_TIMEOUT", v, 1, 120)
+        if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
+            values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
+        if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:
+            values["open_docs"] = _bool("TAGWARDEN_OPEN_DOCS", v)
+        if (v := get("TAGWARDEN_OPEN_METRICS")) is not None:
+            values["open_metrics"] = _bool("TAGWARDEN_OPEN_METRICS", v)
+        if (v := get("TAGWARDEN_RATE_LIMIT")) is not None:
+            values["rate_limit"] = _rate("TAGWARDEN_RATE_LIMIT", v)
         return cls(**values)
 
     @classmethod

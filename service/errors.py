@@ -108,9 +108,15 @@ def handle_domain(exc: domain.DomainError) -> Response:
             status, "UNKNOWN"
         )
         detail = {"violations": violations} if violations is not None else None
-        return registry_error(status, code, exc.message, detail)
+        resp = registry_error(status, code, exc.message, detail)
+        if status == 401:
+            resp.headers["WWW-Authenticate"] = 'Basic realm="tagwarden"'
+        return resp
     errors = getattr(exc, "errors", None) or None
-    return api_error(status, exc.code, exc.message, errors=errors, violations=violations)
+    resp = api_error(status, exc.code, exc.message, errors=errors, violations=violations)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="tagwarden"'
+    return resp
 
 
 def handle_http(exc: HTTPException) -> Response:

@@ -45,7 +45,8 @@ def denial_message(decision: Decision) -> str:
     return "; ".join(f"{v.message} [{v.rule}, policy {v.policy}]" for v in decision.violations)
 
 
-def deny(svc: Services, action: str, decision: Decision, actor: str | None, **target: Any) -> None:
+def deny(svc: Services, action: str, decision: Decision, actor: str | None,
+         actor_id: str | None = None, **target: Any) -> None:
     """Record a denial as a `push.denied` event and raise PolicyDenied."""
     event = {
         "id": uuid.uuid4().hex,
@@ -62,6 +63,14 @@ def deny(svc: Services, action: str, decision: Decision, actor: str | None, **ta
     except Exception:  # noqa: BLE001 - the denial itself must still reach the client
         log.warning("could not record denial event for %s", target.get("repository"))
     notify.emit(svc, "push.denied", event)
+    try:
+        svc.audit.append({
+            "id": uuid.uuid4().hex, "time": event["timestamp"], "action": f"{action}.denied",
+            "actor": {"id": actor_id, "name": actor}, "target": target, "outcome": "denied",
+            "status": 403, "repository": target.get("repository"), "request_id": None,
+        })
+    except Exception:  # noqa: BLE001
+        log.warning("could not audit denial for %s", target.get("repository"))
     raise PolicyDenied(denial_message(decision), decision)
 
 

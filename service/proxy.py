@@ -258,8 +258,8 @@ def put_manifest(name: str, ref: str) -> Response:
     with svc.tags.lock(name, ref):
         decision = governance.check_push(svc, name, ref, digest)
         if not decision.allowed:
-            governance.deny(svc, "push", decision, _actor(), repository=name, tag=ref,
-                            digest=digest)
+            governance.deny(svc, "push", decision, _actor(), g.get("actor_id"),
+                            repository=name, tag=ref, digest=digest)
         return _forward_manifest(name, ref, ref, body, digest)
 
 
@@ -279,7 +279,8 @@ def delete_manifest(name: str, ref: str) -> Response:
     svc = _services()
     decision = governance.check_delete(svc, name, ref)
     if not decision.allowed:
-        governance.deny(svc, "delete", decision, _actor(), repository=name, reference=ref)
+        governance.deny(svc, "delete", decision, _actor(), g.get("actor_id"), repository=name,
+                        reference=ref)
     response = forward(f"{name}/manifests/{ref}")
     if response.status_code == 202 and DIGEST_RE.match(ref):
         governance.after_manifest_delete(svc, name, ref)

@@ -11,6 +11,7 @@ from rq import Queue
 from service import store
 from service.config import Settings
 from service.registry.client import RegistryClient
+from service.store.audit import AuditStore
 from service.store.environments import EnvironmentStore
 from service.store.events import EventStore
 from service.store.inbox import Inbox
@@ -18,6 +19,7 @@ from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
+from service.store.tokens import TokenStore
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Services:
     promotions: PromotionStore
     inbox: Inbox
     subscriptions: SubscriptionStore
+    tokens: TokenStore
+    audit: AuditStore
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -60,4 +64,6 @@ class Services:
             promotions=PromotionStore(client),
             inbox=Inbox(client),
             subscriptions=SubscriptionStore(client),
+            tokens=TokenStore(client),
+            audit=AuditStore(client),
         )

@@ -432,6 +432,11 @@ def _timed_out(cmd: list[str], exc: subprocess.TimeoutExpired, text: bool):
     return subprocess.CompletedProcess(cmd, 124, norm(exc.stdout), stderr)
 
 
+# Credentials used for docker:// sides when a call passes none (the test harness sets the
+# gateway's token here); pass creds="" to send none.
+DEFAULT_CREDS: str | None = None
+
+
 def skopeo_copy(
     src: str,
     dst: str,
@@ -443,15 +448,16 @@ def skopeo_copy(
 ) -> subprocess.CompletedProcess:
     """Run ``skopeo copy src dst`` and return the completed process (never raises)."""
     cmd = _skopeo_base() + ["copy", "--retry-times", "0"]
+    creds = DEFAULT_CREDS if creds is None else creds
     if all_platforms:
         cmd.append("--all")
     if _is_docker(src):
         cmd.append("--src-tls-verify=false")
-        if creds is not None:
+        if creds:
             cmd += ["--src-creds", creds]
     if _is_docker(dst):
         cmd.append("--dest-tls-verify=false")
-        if creds is not None:
+        if creds:
             cmd += ["--dest-creds", creds]
     cmd += list(extra or [])
     cmd += [src, dst]
@@ -471,9 +477,10 @@ def skopeo_inspect_raw(ref: str, creds: str | None = None, *, timeout: int = 60)
     """Return the raw manifest bytes of ``ref`` (``docker://`` assumed if no transport)."""
     ref = _with_transport(ref)
     cmd = _skopeo_base() + ["inspect", "--raw", "--retry-times", "0"]
+    creds = DEFAULT_CREDS if creds is None else creds
     if _is_docker(ref):
         cmd.append("--tls-verify=false")
-        if creds is not None:
+        if creds:
             cmd += ["--creds", creds]
     cmd.append(ref)
     if shutil.which(cmd[0]) is None:

@@ -189,3 +189,30 @@ def worker_process(workdir: Path, env: dict[str, str], name: str = "worker") -> 
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [str(Path(sys.executable).parent / "tagwarden"), "worker"]
     return Proc(name, argv, env, workdir / f"{name}.log", 0).start(wait=False)
+
+
+def raw_request(port: int, head: str, body_prefix: bytes = b"", timeout: float = 10.0
+                ) -> tuple[int, bytes]:
+    """Send a request head (and maybe part of a body) on a raw socket; (status, response).
+    Used to prove the server answers from the headers alone, without reading the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.encode("latin-1") + b"\r\n" + body_prefix)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head_part, _, rest = data.partition(b"\r\n\r\n")
+        status = int(head_part.split(b" ", 2)[1])
+        length = 0
+        for line in head_part.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return status, rest

@@ -10,7 +10,13 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import procs
+from tests.helpers import oci, procs
+
+CI_CREDS = f"ci:{procs.ADMIN_TOKEN}"
+oci.DEFAULT_CREDS = CI_CREDS
+# /v2 calls of the tests authenticate like `docker login` would (Basic, token as password).
+V2 = requests.Session()
+V2.auth = ("ci", procs.ADMIN_TOKEN)
 
 
 @dataclass

@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.helpers import oci
-from tests.integration.conftest import Stack
+from tests.integration.conftest import V2, Stack
 
 POLICY = {
     "name": "promo",
@@ -46,7 +45,7 @@ def promote(stack: Stack, expect: int = 201, headers: dict | None = None, **body
 
 
 def registry_digest(stack: Stack, repo: str, tag: str) -> str | None:
-    resp = requests.head(f"{stack.reg_url}/v2/{repo}/manifests/{tag}",
+    resp = V2.head(f"{stack.reg_url}/v2/{repo}/manifests/{tag}",
                          headers={"Accept": ", ".join([oci.OCI_MANIFEST, oci.OCI_INDEX])},
                          timeout=10)
     return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
@@ -126,7 +125,7 @@ def test_gates_refuse_latest_and_skipping_stages(stack: Stack, policy, tmp_path:
     done = promote(stack, repository=repo, environment="production", tag="v2.0.0")
     assert done["digest"] == image.digest
     # a digest in use by an environment cannot be deleted through the gateway
-    deleted = requests.delete(f"{stack.gw_url}/v2/{repo}/manifests/{image.digest}", timeout=10)
+    deleted = V2.delete(f"{stack.gw_url}/v2/{repo}/manifests/{image.digest}", timeout=10)
     assert deleted.status_code == 403
     assert deleted.json()["errors"][0]["code"] == "DENIED"
     assert deleted.json()["errors"][0]["detail"]["violations"][0]["rule"] == "delete.in_use"

@@ -7,10 +7,8 @@ import json
 import os
 from pathlib import Path
 
-import requests
-
 from tests.helpers import oci
-from tests.integration.conftest import Stack
+from tests.integration.conftest import V2, Stack
 
 CHUNK = 1024 * 1024
 
@@ -54,7 +52,7 @@ def test_multi_arch_index_round_trips(stack: Stack, tmp_path: Path):
                              all_platforms=True)
     assert pulled.returncode == 0, pulled.stderr
     assert oci.skopeo_digest(f"oci:{out}:m") == oci.index_digest([amd, arm])
-    child = requests.get(f"{stack.gw_url}/v2/team/multi/manifests/{arm.digest}",
+    child = V2.get(f"{stack.gw_url}/v2/team/multi/manifests/{arm.digest}",
                          headers={"Accept": oci.OCI_MANIFEST}, timeout=10)
     assert child.status_code == 200
     assert child.headers["Docker-Content-Digest"] == arm.digest
@@ -62,7 +60,7 @@ def test_multi_arch_index_round_trips(stack: Stack, tmp_path: Path):
 
 
 def _start_upload(stack: Stack, repo: str) -> str:
-    resp = requests.post(f"{stack.gw_url}/v2/{repo}/blobs/uploads/", timeout=10)
+    resp = V2.post(f"{stack.gw_url}/v2/{repo}/blobs/uploads/", timeout=10)
     assert resp.status_code == 202, resp.text
     location = resp.headers["Location"]
     assert location.startswith(stack.gw_url + "/v2/"), location
@@ -77,17 +75,17 @@ def test_chunked_upload_with_patch_then_put(stack: Stack):
     location = _start_upload(stack, "team/chunked")
     for start in range(0, len(data), 2 * CHUNK):
         part = data[start : start + 2 * CHUNK]
-        resp = requests.patch(location, data=iter([part[:CHUNK], part[CHUNK:]]),
+        resp = V2.patch(location, data=iter([part[:CHUNK], part[CHUNK:]]),
                               headers={"Content-Type": "application/octet-stream"}, timeout=30)
         assert resp.status_code == 202, resp.text
         location = resp.headers["Location"]
         assert location.startswith(stack.gw_url)
     sep = "&" if "?" in location else "?"
-    resp = requests.put(f"{location}{sep}digest={digest}", timeout=30)
+    resp = V2.put(f"{location}{sep}digest={digest}", timeout=30)
     assert resp.status_code == 201, resp.text
     assert resp.headers["Docker-Content-Digest"] == digest
     assert resp.headers["Location"].startswith(stack.gw_url)
-    direct = requests.get(f"{stack.reg_url}/v2/team/chunked/blobs/{digest}", timeout=30)
+    direct = V2.get(f"{stack.reg_url}/v2/team/chunked/blobs/{digest}", timeout=30)
     assert direct.content == data
 
 
@@ -95,11 +93,11 @@ def test_monolithic_put_upload_with_content_length(stack: Stack):
     data = os.urandom(CHUNK + 7)
     digest = oci.sha256_digest(data)
     location = _start_upload(stack, "team/mono")
-    resp = requests.put(f"{location}&digest={digest}", data=data,
+    resp = V2.put(f"{location}&digest={digest}", data=data,
                         headers={"Content-Type": "application/octet-stream"}, timeout=30)
     assert resp.status_code == 201, resp.text
     wrong = _start_upload(stack, "team/mono")
-    bad = requests.put(f"{wrong}&digest=sha256:{'0' * 64}", data=b"xyz", timeout=30)
+    bad = V2.put(f"{wrong}&digest=sha256:{'0' * 64}", data=b"xyz", timeout=30)
     assert bad.status_code == 400
     assert bad.json()["errors"][0]["code"] == "DIGEST_INVALID"
 
@@ -109,16 +107,16 @@ def test_head_and_range_on_blobs(stack: Stack, tmp_path: Path):
     _push(stack, tmp_path, {"r": image}, "r", "team/range:v1.0.0")
     layer = image.layers[0]
     url = f"{stack.gw_url}/v2/team/range/blobs/{layer.digest}"
-    head = requests.head(url, timeout=10)
+    head = V2.head(url, timeout=10)
     assert head.status_code == 200
     assert head.headers["Content-Length"] == str(layer.size)
     assert head.headers["Docker-Content-Digest"] == layer.digest
     assert head.content == b""
-    part = requests.get(url, headers={"Range": "bytes=10-19"}, timeout=10)
+    part = V2.get(url, headers={"Range": "bytes=10-19"}, timeout=10)
     assert part.status_code == 206
     assert part.content == layer.data[10:20]
     assert part.headers["Content-Range"] == f"bytes 10-19/{layer.size}"
-    missing = requests.get(f"{stack.gw_url}/v2/team/range/blobs/sha256:{'1' * 64}", timeout=10)
+    missing = V2.get(f"{stack.gw_url}/v2/team/range/blobs/sha256:{'1' * 64}", timeout=10)
     assert missing.status_code == 404
     assert missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
 
@@ -127,13 +125,13 @@ def test_cross_repository_mount(stack: Stack, tmp_path: Path):
     image = oci.simple_image("proxy-mount")
     _push(stack, tmp_path, {"m": image}, "m", "team/source:v1.0.0")
     layer = image.layers[1]
-    resp = requests.post(
+    resp = V2.post(
         f"{stack.gw_url}/v2/team/target/blobs/uploads/?mount={layer.digest}&from=team/source",
         timeout=10,
     )
     assert resp.status_code == 201, resp.text
     assert resp.headers["Location"] == f"{stack.gw_url}/v2/team/target/blobs/{layer.digest}"
-    got = requests.get(f"{stack.reg_url}/v2/team/target/blobs/{layer.digest}", timeout=10)
+    got = V2.get(f"{stack.reg_url}/v2/team/target/blobs/{layer.digest}", timeout=10)
     assert hashlib.sha256(got.content).hexdigest() == layer.digest.split(":")[1]
 
 
@@ -141,27 +139,27 @@ def test_tags_list_sorted_and_paginated(stack: Stack, tmp_path: Path):
     image = oci.simple_image("proxy-tags")
     _push(stack, tmp_path, {"t": image}, "t", "team/tags:v1.0.0")
     for tag in ("v1.2.0", "a-first", "v1.1.0", "zz-last"):
-        resp = requests.put(f"{stack.gw_url}/v2/team/tags/manifests/{tag}",
+        resp = V2.put(f"{stack.gw_url}/v2/team/tags/manifests/{tag}",
                             data=image.manifest_bytes(),
                             headers={"Content-Type": oci.OCI_MANIFEST}, timeout=10)
         assert resp.status_code == 201, resp.text
-    everything = requests.get(f"{stack.gw_url}/v2/team/tags/tags/list", timeout=10)
+    everything = V2.get(f"{stack.gw_url}/v2/team/tags/tags/list", timeout=10)
     assert everything.json() == {
         "name": "team/tags", "tags": ["a-first", "v1.0.0", "v1.1.0", "v1.2.0", "zz-last"]
     }
     assert "Link" not in everything.headers
-    first = requests.get(f"{stack.gw_url}/v2/team/tags/tags/list?n=2", timeout=10)
+    first = V2.get(f"{stack.gw_url}/v2/team/tags/tags/list?n=2", timeout=10)
     assert first.json()["tags"] == ["a-first", "v1.0.0"]
     assert first.headers["Link"] == '</v2/team/tags/tags/list?n=2&last=v1.0.0>; rel="next"'
-    second = requests.get(stack.gw_url + first.headers["Link"][1:].split(">")[0], timeout=10)
+    second = V2.get(stack.gw_url + first.headers["Link"][1:].split(">")[0], timeout=10)
     assert second.json()["tags"] == ["v1.1.0", "v1.2.0"]
-    third = requests.get(f"{stack.gw_url}/v2/team/tags/tags/list?n=2&last=v1.2.0", timeout=10)
+    third = V2.get(f"{stack.gw_url}/v2/team/tags/tags/list?n=2&last=v1.2.0", timeout=10)
     assert third.json()["tags"] == ["zz-last"]
     assert "Link" not in third.headers
-    bad = requests.get(f"{stack.gw_url}/v2/team/tags/tags/list?n=-1", timeout=10)
+    bad = V2.get(f"{stack.gw_url}/v2/team/tags/tags/list?n=-1", timeout=10)
     assert bad.status_code == 400
     assert bad.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
-    unknown = requests.get(f"{stack.gw_url}/v2/team/nothing-here/tags/list", timeout=10)
+    unknown = V2.get(f"{stack.gw_url}/v2/team/nothing-here/tags/list", timeout=10)
     assert unknown.status_code == 404
     assert unknown.json()["errors"][0]["code"] == "NAME_UNKNOWN"
 
@@ -169,12 +167,12 @@ def test_tags_list_sorted_and_paginated(stack: Stack, tmp_path: Path):
 def test_catalog_and_api_version_header(stack: Stack, tmp_path: Path):
     image = oci.simple_image("proxy-catalog")
     _push(stack, tmp_path, {"c": image}, "c", "team/catalog:v1.0.0")
-    base = requests.get(f"{stack.gw_url}/v2/", timeout=10)
+    base = V2.get(f"{stack.gw_url}/v2/", timeout=10)
     assert base.status_code == 200
     assert base.headers["Docker-Distribution-API-Version"] == "registry/2.0"
-    catalog = requests.get(f"{stack.gw_url}/v2/_catalog?n=1000", timeout=10)
+    catalog = V2.get(f"{stack.gw_url}/v2/_catalog?n=1000", timeout=10)
     assert "team/catalog" in catalog.json()["repositories"]
-    head = requests.head(f"{stack.gw_url}/v2/team/catalog/manifests/v1.0.0",
+    head = V2.head(f"{stack.gw_url}/v2/team/catalog/manifests/v1.0.0",
                          headers={"Accept": oci.OCI_MANIFEST}, timeout=10)
     assert head.status_code == 200
     assert head.headers["Content-Length"] == str(len(image.manifest_bytes()))
@@ -184,20 +182,20 @@ def test_catalog_and_api_version_header(stack: Stack, tmp_path: Path):
 
 def test_registry_down_gives_503_in_registry_envelope(private_stack: Stack):
     private_stack.registry.stop()
-    resp = requests.get(f"{private_stack.gw_url}/v2/team/app/tags/list", timeout=5)
+    resp = V2.get(f"{private_stack.gw_url}/v2/team/app/tags/list", timeout=5)
     assert resp.status_code == 503
     assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
     assert resp.json()["errors"][0]["code"] == "UNAVAILABLE"
-    blob = requests.get(f"{private_stack.gw_url}/v2/team/app/blobs/sha256:{'2' * 64}", timeout=5)
+    blob = V2.get(f"{private_stack.gw_url}/v2/team/app/blobs/sha256:{'2' * 64}", timeout=5)
     assert blob.status_code == 503
-    ready = requests.get(f"{private_stack.gw_url}/readyz", timeout=5)
+    ready = V2.get(f"{private_stack.gw_url}/readyz", timeout=5)
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"redis": "ok", "registry": "down"}
     assert "registry" in ready.json()["message"]
-    health = requests.get(f"{private_stack.gw_url}/healthz", timeout=5)
+    health = V2.get(f"{private_stack.gw_url}/healthz", timeout=5)
     assert health.json() == {"status": "ok"}
     private_stack.registry.start()
-    recovered = requests.get(f"{private_stack.gw_url}/v2/", timeout=5)
+    recovered = V2.get(f"{private_stack.gw_url}/v2/", timeout=5)
     assert recovered.status_code == 200
-    assert json.loads(requests.get(f"{private_stack.gw_url}/readyz", timeout=5).text)[
+    assert json.loads(V2.get(f"{private_stack.gw_url}/readyz", timeout=5).text)[
         "status"] == "ok"

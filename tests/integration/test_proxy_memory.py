@@ -6,9 +6,7 @@ import hashlib
 import threading
 import time
 
-import requests
-
-from tests.integration.conftest import Stack
+from tests.integration.conftest import V2, Stack
 
 MIB = 1024 * 1024
 SIZE = 256 * MIB
@@ -52,23 +50,23 @@ class PeakRss:
 
 def test_large_blob_streams_with_flat_gateway_memory(stack: Stack):
     # warm up: imports, pools and threads exist before the baseline is taken
-    requests.get(f"{stack.gw_url}/v2/", timeout=10)
+    V2.get(f"{stack.gw_url}/v2/", timeout=10)
     baseline = stack.gateway.rss()
-    upload = requests.post(f"{stack.gw_url}/v2/team/big/blobs/uploads/", timeout=10)
+    upload = V2.post(f"{stack.gw_url}/v2/team/big/blobs/uploads/", timeout=10)
     assert upload.status_code == 202
     digest = hashlib.sha256()
     with PeakRss(stack) as push_peak:
-        patched = requests.patch(upload.headers["Location"],
+        patched = V2.patch(upload.headers["Location"],
                                  data=_chunks(b"big", SIZE, digest), timeout=300)
         assert patched.status_code == 202, patched.text
         ref = "sha256:" + digest.hexdigest()
-        done = requests.put(f"{patched.headers['Location']}&digest={ref}", timeout=60)
+        done = V2.put(f"{patched.headers['Location']}&digest={ref}", timeout=60)
         assert done.status_code == 201, done.text
 
     received = hashlib.sha256()
     size = 0
     with PeakRss(stack) as pull_peak:
-        with requests.get(f"{stack.gw_url}/v2/team/big/blobs/{ref}", stream=True,
+        with V2.get(f"{stack.gw_url}/v2/team/big/blobs/{ref}", stream=True,
                           timeout=300) as resp:
             assert resp.status_code == 200
             assert resp.headers["Content-Length"] == str(SIZE)

@@ -1,0 +1,132 @@
+"""Request hooks: authentication, authorization, rate limits, body limits, audit, headers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, g, request
+from limits import parse
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
+
+from service import auth
+from service.domain.durations import format_time
+from service.domain.errors import DomainError, Unauthorized
+from service.services import Services
+
+log = logging.getLogger("tagwarden.security")
+OPEN_PATHS = ("/healthz", "/readyz")
+DOC_PATHS = ("/openapi.yaml", "/openapi.json", "/docs")
+WEBHOOK_ENDPOINT = "events.registry_webhook"
+AUDITED = {
+    "policies.put_policy": "policy.put",
+    "policies.delete_policy": "policy.delete",
+    "promotions.create_promotion": "promotion.create",
+    "promotions.create_rollback": "rollback.create",
+    "scans.create_scan": "scan.request",
+    "tokens.create_token": "token.create",
+    "tokens.delete_token": "token.delete",
+    "events.create_subscription": "subscription.create",
+    "events.delete_subscription": "subscription.delete",
+    "events.redeliver": "delivery.redeliver",
+}
+
+
+class RateLimited(DomainError):
+    """Too many calls for one token (429)."""
+
+    code = "rate_limited"
+    status = 429
+
+
+def _set_actor(principal: auth.Principal | None) -> None:
+    g.principal = principal
+    g.actor_id = principal.id if principal else None
+    g.actor_name = principal.name if principal else None
+
+
+def audit_entry(action: str, target: dict[str, Any], outcome: str, status: int
+                ) -> dict[str, Any]:
+    """One audit record; never contains a secret (no bodies, no headers)."""
+    return {
+        "id": uuid.uuid4().hex, "time": format_time(datetime.now(UTC)), "action": action,
+        "actor": {"id": g.get("actor_id"), "name": g.get("actor_name")},
+        "target": target, "outcome": outcome, "status": status,
+        "repository": target.get("repository"),
+        "request_id": request.environ.get("tagwarden.request_id"),
+    }
+
+
+def _target() -> dict[str, Any]:
+    target: dict[str, Any] = dict(request.view_args or {})
+    body = request.get_json(silent=True) if request.is_json else None
+    if isinstance(body, dict):
+        for name in ("repository", "environment", "name", "role", "tag", "digest", "to",
+                     "reference", "from_environment"):
+            if isinstance(body.get(name), str):
+                target[name] = body[name]
+        if isinstance(body.get("url"), str):
+            parts = urlsplit(body["url"])
+            target["url"] = f"{parts.scheme}://{parts.hostname}{parts.path}"
+    return target
+
+
+def install(app: Flask, svc: Services) -> None:
+    """Register the hooks on the app."""
+    settings = svc.settings
+    limiter = None
+    if settings.rate_limit != "off":
+        storage = RedisStorage(settings.redis_url, socket_timeout=2,
+                               socket_connect_timeout=1, key_prefix="tw:rate")
+        limiter = (FixedWindowRateLimiter(storage), parse(settings.rate_limit))
+
+    @app.before_request
+    def _authenticate() -> None:
+        path = request.path
+        _set_actor(None)
+        if path.startswith("/api/v1/"):
+            request.max_content_length = settings.api_max_bytes
+            if request.endpoint == WEBHOOK_ENDPOINT:
+                return
+            principal = auth.from_bearer(svc, request.headers.get("Authorization"))
+            _set_actor(principal)
+            if limiter is not None and not limiter[0].hit(limiter[1], "api", principal.id):
+                raise RateLimited(f"rate limit {settings.rate_limit} exceeded for token "
+                                  f"{principal.name!r}")
+            body = request.get_json(silent=True) if request.is_json else None
+            auth.authorize_api(principal, request.endpoint, request.method, body,
+                               request.args.to_dict())
+        elif path == "/v2" or path.startswith("/v2/"):
+            principal = auth.from_basic(svc, request.headers.get("Authorization"))
+            if principal is None and request.headers.get("Authorization"):
+                raise Unauthorized("invalid, expired or revoked token")
+            _set_actor(principal)
+            needs = auth.registry_access(request.method, path, request.args.to_dict())
+            auth.authorize_registry(principal, needs, settings.anonymous_pull)
+        elif (path in DOC_PATHS or path.startswith("/docs/")) and not settings.open_docs:
+            _set_actor(auth.from_bearer(svc, request.headers.get("Authorization")))
+        elif path == "/metrics" and not settings.open_metrics:
+            _set_actor(auth.from_bearer(svc, request.headers.get("Authorization")))
+
+    @app.after_request
+    def _audit(resp: Response) -> Response:
+        action = AUDITED.get(request.endpoint or "")
+        if action and request.method not in ("GET", "HEAD") and g.get("principal"):
+            outcome = "success" if resp.status_code < 400 else (
+                "denied" if resp.status_code in (401, 403) else "error")
+            try:
+                svc.audit.append(audit_entry(action, _target(), outcome, resp.status_code))
+            except Exception:  # noqa: BLE001 - logged; the call itself already happened
+                log.exception("could not write audit entry for %s", action)
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; img-src 'self' data:; "
+                                    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
+            resp.headers.setdefault("X-Frame-Options", "DENY")
+            resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
