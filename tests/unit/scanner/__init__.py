@@ -1,0 +1,1 @@
+"""Unit tests of the scanner engine (workers/scanner, service/store/vulndb.py)."""
