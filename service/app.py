@@ -9,7 +9,7 @@ import redis
 from flask import Flask
 from flask_smorest import Api, Blueprint
 
-from service import logs, proxy, security
+from service import logs, metrics, openapi, proxy, security
 from service.config import ConfigError, Settings
 from service.domain.errors import InvalidRequest
 from service.errors import register_error_handlers
@@ -38,9 +38,9 @@ def _settings(config: Any) -> Settings:
 
 def api_blueprints() -> list[Blueprint]:
     """Every /api/v1 blueprint, in the order the spec lists them."""
-    from service.api import events, policies, promotions, tokens
+    from service.api import events, policies, promotions, scans, tokens
 
-    return [policies.blp, promotions.blp, events.blp, tokens.blp]
+    return [policies.blp, promotions.blp, scans.blp, events.blp, tokens.blp]
 
 
 def seed_policies(app: Flask, svc: Services) -> None:
@@ -89,4 +89,6 @@ def create_app(config: Any = None) -> Flask:
     app.register_blueprint(proxy.bp)
     for blueprint in api_blueprints():
         api.register_blueprint(blueprint)
+    openapi.install(app, svc)
+    metrics.install(app, svc)
     return app

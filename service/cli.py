@@ -407,8 +407,32 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--addr", default="0.0.0.0:5000")
     reg.add_argument("--webhook-url", default="http://gateway:8080/api/v1/webhooks/registry")
     reg.add_argument("--out", default="-")
+    vulndb = sub.add_parser("vulndb", help="manage the offline vulnerability database")
+    vulndb_sub = vulndb.add_subparsers(dest="vulndb_command", required=True)
+    vimport = vulndb_sub.add_parser("import", help="load an OSV export (JSON files, all.zip)")
+    vimport.add_argument("path", help="a directory of OSV JSON files and/or all.zip archives")
+    vimport.add_argument("--no-rescan", action="store_true",
+                         help="do not queue rescans of the digests environments point to")
     add_ci_parsers(sub)
     return parser
+
+
+def cmd_vulndb(args: argparse.Namespace) -> int:
+    """Import an OSV export (a directory of JSON and/or all.zip files) into Redis."""
+    import json
+
+    from service.config import Settings
+    from service.services import Services
+    from service.vulndb_admin import import_vulndb
+
+    svc = Services.build(Settings.from_env())
+    try:
+        report = import_vulndb(svc, args.path, rescan=not args.no_rescan)
+    except FileNotFoundError as exc:
+        print(f"tagwarden vulndb import: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -419,6 +443,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rollback": cmd_rollback,
     "history": cmd_history,
     "status": cmd_status,
+    "vulndb": cmd_vulndb,
 }
 
 

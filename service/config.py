@@ -105,6 +105,11 @@ class Settings:
     rate_limit: str = "1200/minute"
     open_docs: bool = True
     open_metrics: bool = True
+    scan_timeout: int = 1800
+    scan_max_bytes: int = 8 * 1024**3
+    scanner_url: str = ""
+    scanner_mode: str = "builtin"
+    scanner_registry_url: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -148,6 +153,19 @@ class Settings:
             values["delivery_backoff"] = _int("TAGWARDEN_DELIVERY_BACKOFF", v, 1, 3600)
         if (v := get("TAGWARDEN_DELIVERY_TIMEOUT")) is not None:
             values["delivery_timeout"] = _int("TAGWARDEN_DELIVERY_TIMEOUT", v, 1, 120)
+        if (v := get("TAGWARDEN_SCAN_TIMEOUT")) is not None:
+            values["scan_timeout"] = _int("TAGWARDEN_SCAN_TIMEOUT", v, 10, 24 * 3600)
+        if (v := get("TAGWARDEN_SCAN_MAX_BYTES")) is not None:
+            values["scan_max_bytes"] = _int("TAGWARDEN_SCAN_MAX_BYTES", v, 1024, 1024**4)
+        if (v := get("TAGWARDEN_SCANNER_URL")) is not None and v:
+            values["scanner_url"] = _url("TAGWARDEN_SCANNER_URL", v, ("http", "https"))
+        if (v := get("TAGWARDEN_SCANNER_REGISTRY_URL")) is not None and v:
+            values["scanner_registry_url"] = _url("TAGWARDEN_SCANNER_REGISTRY_URL", v,
+                                                  ("http", "https"))
+        if (v := get("TAGWARDEN_SCANNER_MODE")) is not None:
+            if v not in ("builtin", "external", "both"):
+                raise ConfigError(f"TAGWARDEN_SCANNER_MODE={v!r} must be builtin, external or both")
+            values["scanner_mode"] = v
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
         if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:

@@ -125,3 +125,14 @@ def evaluate(svc: Services, args: dict[str, Any]) -> Decision:
     from service.promotions import evaluate_request
 
     return evaluate_request(svc, args)
+
+
+def scan_after_push(svc: Services, repository: str, digest: str) -> None:
+    """Queue a scan of a pushed manifest when the policy asks for it (never fails the push)."""
+    scan = svc.extra.get("scan_on_push")
+    if scan is None or not policy_for(svc, repository).scan_on_push:
+        return
+    try:
+        scan(repository, digest)
+    except Exception:  # noqa: BLE001 - the registry already has the manifest
+        log.exception("could not queue scan-on-push for %s@%s", repository, digest)

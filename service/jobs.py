@@ -10,7 +10,8 @@ from rq.job import Job
 RECONCILE = "workers.reconcile.reconcile"
 DRAIN = "workers.events.drain"
 DELIVER = "workers.deliveries.deliver"
-JOBS = (RECONCILE, DRAIN, DELIVER)
+SCAN = "workers.scan.run_scan"
+JOBS = (RECONCILE, DRAIN, DELIVER, SCAN)
 
 
 def enqueue_reconcile(queue: Queue, delay: timedelta | None = None) -> Job:
@@ -38,3 +39,10 @@ def enqueue_delivery(queue: Queue, delivery_id: str, base: int, timeout: int) ->
     return queue.enqueue(DELIVER, delivery_id, job_timeout=timeout * 3 + 10,
                          result_ttl=3600, failure_ttl=7 * 24 * 3600,
                          retry=Retry(max=4, interval=delivery_intervals(base)))
+
+
+def enqueue_scan(queue: Queue, scan_id: str, timeout: int) -> Job:
+    """Queue one scan; retried with backoff when the registry or Redis hiccups."""
+    return queue.enqueue(SCAN, scan_id, job_id=f"scan-{scan_id}", job_timeout=timeout,
+                         result_ttl=3600, failure_ttl=7 * 24 * 3600,
+                         retry=Retry(max=3, interval=[5, 30, 120]))

@@ -271,6 +271,8 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
                                  body=body, stream=False)
     if upstream.status == 201:
         governance.after_manifest_put(_services(), name, tag, digest)
+        if tag:
+            governance.scan_after_push(_services(), name, digest)
     return relay_buffered(upstream, origin)
 
 

@@ -17,9 +17,11 @@ from service.store.events import EventStore
 from service.store.inbox import Inbox
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
 from service.store.tokens import TokenStore
+from service.store.vulndb import VulnDB
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Services:
     subscriptions: SubscriptionStore
     tokens: TokenStore
     audit: AuditStore
+    scans: ScanStore
+    vulndb: VulnDB
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -66,4 +70,6 @@ class Services:
             subscriptions=SubscriptionStore(client),
             tokens=TokenStore(client),
             audit=AuditStore(client),
+            scans=ScanStore(client),
+            vulndb=VulnDB(client),
         )

@@ -87,19 +87,27 @@ def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
 
 
 def check_environment_tag(svc: Services, repository: str, tag: str, digest: str) -> None:
-    """An environment tag was written: fine if by the gateway, drift otherwise."""
+    """An environment tag was written: fine if by the gateway, drift otherwise.
+    The lock is held only for the final comparison, never while waiting on the registry."""
     pointer = svc.environments.digests(repository).get(tag)
     intent = svc.promotions.intent(repository, tag)
-    if digest == pointer or (intent and intent["record"]["digest"] == digest):
+    if pointer is None or digest == pointer or (intent and intent["record"]["digest"] == digest):
         return
-    if pointer is None:
-        return  # never promoted: nothing to defend (the push itself was not via the gateway)
+    ours = digest in {r["digest"] for r in svc.promotions.recent(repository, tag, 50)}
+    # an old write of the gateway's own, superseded since: only the current state matters;
+    # a foreign write may not be linked yet when its event arrives: wait for it to land
+    found = (svc.registry.head_manifest(repository, tag) if ours
+             else _settled(svc, repository, tag, digest))
+    if found == svc.environments.digests(repository).get(tag):
+        return
     lock = svc.promotions.lock(repository, tag, wait=30.0)
     if not lock.acquire():
         return
     try:
+        if svc.promotions.intent(repository, tag) is not None:
+            return  # a promotion is completing; reconciliation will compare afterwards
         pointer = svc.environments.digests(repository).get(tag)
-        found = _settled(svc, repository, tag, digest)
+        found = svc.registry.head_manifest(repository, tag)
         if pointer is not None:
             drift.check_tag(svc, repository, tag, pointer, found, "environment")
     finally:

@@ -332,3 +332,22 @@ class VulnDB:
                         merged[adv_id] = adv
             out[pair] = [merged[k] for k in sorted(merged)]
         return out
+
+
+class VulnDBSource:
+    """Which source the database was last imported from, and the import lock."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    def lock(self) -> Any:
+        """Serialise imports across processes."""
+        return self.r.lock(key("lock", "vulndb-import"), timeout=3600, blocking_timeout=3600)
+
+    def mark(self) -> str | None:
+        """The fingerprint of the last imported source."""
+        return cast(str | None, self.r.get(key("vulndb", "source")))
+
+    def set_mark(self, value: str) -> None:
+        """Remember the fingerprint of what was just imported."""
+        self.r.set(key("vulndb", "source"), value)

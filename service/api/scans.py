@@ -1,0 +1,82 @@
+"""Vulnerability scans, their SBOMs, and the vulnerability database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, g
+from flask_smorest import Blueprint
+
+from service import scans
+from service.domain.errors import Conflict, NotFound
+from service.schemas.scans import (
+    ScanPageSchema,
+    ScanQueryArgsSchema,
+    ScanRequestSchema,
+    ScanSchema,
+    VulnDBSchema,
+)
+from service.services import Services
+
+blp = Blueprint("scans", __name__, url_prefix="/api/v1", description="Scans and SBOMs")
+
+
+def svc() -> Services:
+    """The process's services."""
+    return current_app.extensions["tagwarden"]
+
+
+@blp.route("/scans", methods=["POST"])
+@blp.arguments(ScanRequestSchema)
+@blp.response(202, ScanSchema)
+def create_scan(body: dict[str, Any]) -> dict[str, Any]:
+    """Scan a tag or digest (a digest already queued or running returns that scan)."""
+    digest = scans.resolve(svc(), body["repository"], body["reference"])
+    scan, _ = scans.request_scan(svc(), body["repository"], digest, g.get("actor_name"))
+    return scan
+
+
+@blp.route("/scans", methods=["GET"])
+@blp.arguments(ScanQueryArgsSchema, location="query")
+@blp.response(200, ScanPageSchema)
+def list_scans(args: dict[str, Any]) -> dict[str, Any]:
+    """Scans, newest first, by repository and/or digest."""
+    items, cursor = svc().scans.list(args.get("repository"), args.get("digest"),
+                                     args["limit"], args.get("cursor"))
+    return {"items": items, "next_cursor": cursor}
+
+
+@blp.route("/scans/<string:scan_id>", methods=["GET"])
+@blp.response(200, ScanSchema)
+def get_scan(scan_id: str) -> dict[str, Any]:
+    """One scan with its findings."""
+    scan = svc().scans.get(scan_id)
+    if scan is None:
+        raise NotFound(f"scan {scan_id!r} not found")
+    return scan
+
+
+@blp.route("/scans/<string:scan_id>/sbom", methods=["GET"])
+@blp.response(200, {"type": "object"}, content_type="application/vnd.cyclonedx+json")
+def get_sbom(scan_id: str) -> Any:
+    """The scanned image's packages as a CycloneDX JSON SBOM."""
+    from flask import Response
+
+    from workers.scanner.sbom_store import sbom_of
+
+    scan = svc().scans.get(scan_id)
+    if scan is None:
+        raise NotFound(f"scan {scan_id!r} not found")
+    inventory = svc().scans.inventory(scan_id)
+    if scan["status"] != "succeeded" or inventory is None:
+        raise Conflict(f"scan {scan_id!r} is {scan['status']}: no SBOM yet")
+    return Response(sbom_of(scan, inventory), mimetype="application/vnd.cyclonedx+json")
+
+
+@blp.route("/vulndb", methods=["GET"])
+@blp.response(200, VulnDBSchema)
+def get_vulndb() -> dict[str, Any]:
+    """What the vulnerability database holds and when it was loaded."""
+    info = svc().vulndb.info()
+    return {"records": info.get("records", 0), "ecosystems": info.get("ecosystems", {}),
+            "loaded_at": info.get("loaded_at"), "version": info.get("version")}
