@@ -38,4 +38,6 @@ def format_duration(seconds: int) -> str:
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC text (`2026-12-24T00:00:00Z`) of an aware datetime."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    micro = moment.microsecond
+    spec = "seconds" if not micro else "milliseconds" if micro % 1000 == 0 else "microseconds"
+    return moment.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")

@@ -161,7 +161,7 @@ def test_durations_and_times_dump_canonically():
     dumped = dump_policy(load_policy(data))["promotion"]["production"]
     assert dumped["soak"] == "1h30m"
     assert dumped["freeze"] == [
-        {"start": "2026-12-24T00:00:00Z", "end": "2026-12-27T00:00:00.500000Z"}
+        {"start": "2026-12-24T00:00:00Z", "end": "2026-12-27T00:00:00.500Z"}
     ]
 
 
