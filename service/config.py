@@ -110,6 +110,11 @@ class Settings:
     scanner_url: str = ""
     scanner_mode: str = "builtin"
     scanner_registry_url: str = ""
+    reconcile_interval: int = 60
+    worker_maintenance_interval: int = 60
+    job_monitoring_interval: int = 10
+    # fault injection for tests only: seconds a promotion sleeps between registry and Redis
+    fault_pause_after_registry_write: float = 0.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -166,6 +171,16 @@ class Settings:
             if v not in ("builtin", "external", "both"):
                 raise ConfigError(f"TAGWARDEN_SCANNER_MODE={v!r} must be builtin, external or both")
             values["scanner_mode"] = v
+        for name, attr, low, high in (
+            ("TAGWARDEN_RECONCILE_INTERVAL", "reconcile_interval", 5, 86400),
+            ("TAGWARDEN_WORKER_MAINTENANCE_INTERVAL", "worker_maintenance_interval", 5, 3600),
+            ("TAGWARDEN_JOB_MONITORING_INTERVAL", "job_monitoring_interval", 1, 600),
+        ):
+            if (v := get(name)) is not None:
+                values[attr] = _int(name, v, low, high)
+        if (v := get("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE")) is not None:
+            values["fault_pause_after_registry_write"] = float(
+                _int("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE", v, 0, 600))
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
         if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from rq import Queue, Retry
 from rq.job import Job
@@ -15,9 +16,14 @@ JOBS = (RECONCILE, DRAIN, DELIVER, SCAN)
 
 
 def enqueue_reconcile(queue: Queue, delay: timedelta | None = None) -> Job:
-    """Queue a reconciliation pass (one at a time: a fixed job id)."""
-    options = dict(job_id="tagwarden-reconcile", job_timeout=300, result_ttl=3600,
-                   failure_ttl=24 * 3600, retry=Retry(max=3, interval=[5, 30, 60]))
+    """Queue a reconciliation pass; one per time slot however many processes ask."""
+    import time
+
+    seconds = int(delay.total_seconds()) if delay else 0
+    slot = int((time.time() + seconds) // max(seconds, 1)) if seconds else int(time.time())
+    options: dict[str, Any] = dict(job_id=f"tagwarden-reconcile-{slot}", job_timeout=300,
+                                   result_ttl=600, failure_ttl=24 * 3600,
+                                   retry=Retry(max=3, interval=[5, 30, 60]))
     if delay:
         return queue.enqueue_in(delay, RECONCILE, **options)
     return queue.enqueue(RECONCILE, **options)

@@ -222,6 +222,8 @@ def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: st
                                          "repository": repository, "environment": environment,
                                          "idempotency": idem})
             _registry_write(svc, record, manifest)
+            if svc.settings.fault_pause_after_registry_write:  # fault-injection tests only
+                time.sleep(svc.settings.fault_pause_after_registry_write)
         svc.promotions.commit(record, current, created_ms, answer)
         return record
     finally:

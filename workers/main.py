@@ -8,6 +8,7 @@ import os
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
+from service.config import Settings
 from service.jobs import enqueue_reconcile
 from service.store import connect
 
@@ -33,11 +34,14 @@ def load_vulndb() -> None:
 def run_worker(burst: bool = False) -> bool:
     """Work Tagwarden's queue until stopped (or until empty with burst)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    url = os.environ.get("TAGWARDEN_REDIS_URL", "redis://127.0.0.1:6379/0")
-    queue_name = os.environ.get("TAGWARDEN_QUEUE", "tagwarden")
-    connection = connect(url, decode=False, timeout=30.0)
-    queue = Queue(queue_name, connection=connection)
-    worker = Worker([queue], connection=connection)
+    settings = Settings.from_env()
+    connection = connect(settings.redis_url, decode=False, timeout=30.0)
+    queue = Queue(settings.queue_name, connection=connection)
+    # abandoned jobs (a worker killed mid-job) are found and retried within about
+    # job_monitoring_interval + 60 s + maintenance_interval
+    worker = Worker([queue], connection=connection,
+                    maintenance_interval=settings.worker_maintenance_interval,
+                    job_monitoring_interval=settings.job_monitoring_interval)
     log = logging.getLogger("tagwarden.worker")
     try:
         enqueue_reconcile(queue)  # finish whatever a crash left behind, at every start

@@ -40,4 +40,10 @@ def reconcile() -> dict[str, Any]:
         drifted += len(drift.check_environments(svc, repository))
     result = {"finished": finished, "dropped": dropped, "drifted": drifted}
     log.info("reconciliation: %s", result)
+    from datetime import timedelta
+
+    from service.jobs import enqueue_reconcile
+
+    # the next pass (periodic: repairs what a Redis or gateway crash left, detects drift)
+    enqueue_reconcile(svc.queue, timedelta(seconds=svc.settings.reconcile_interval))
     return result

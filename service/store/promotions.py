@@ -17,8 +17,12 @@ from service.store import key
 from service.store.pagination import page
 
 IDEMPOTENCY_TTL = 24 * 3600
-IDEMPOTENCY_LEASE = 120  # a request still "running" after this is presumed dead
-LOCK_TIMEOUT = 60.0
+# A request still "running" after the lease is presumed dead (its process was killed): a retry
+# then runs, finds the dead request's intent under the lock and completes it instead.
+IDEMPOTENCY_LEASE = 30
+# A lock outlives a holder that died (or a Redis restart) by at most this long. The pointer
+# move itself is a compare-and-swap, so a holder slower than this cannot corrupt state.
+LOCK_TIMEOUT = 10.0
 
 # KEYS: 1 pointers hash, 2 env stream, 3 repo stream, 4 global stream, 5 record,
 #       6 intent, 7 idempotency key, 8 reached hash, 9 repositories set
@@ -60,7 +64,7 @@ class PromotionStore:
         self._commit = client.register_script(COMMIT)
 
     # -- locks and intents -----------------------------------------------------------------
-    def lock(self, repository: str, environment: str, wait: float = 20.0) -> redis.lock.Lock:
+    def lock(self, repository: str, environment: str, wait: float = 8.0) -> redis.lock.Lock:
         """The (repository, environment) lock; serialises promotions across processes."""
         return self.r.lock(key("lock", "env", repository, environment), timeout=LOCK_TIMEOUT,
                            blocking_timeout=wait)
