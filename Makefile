@@ -26,7 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv:
+	@test -x $(BIN)/python -a -x $(BIN)/tagwarden || rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP)
 
 run: system-deps venv
 	$(BIN)/tagwarden dev
