@@ -7,23 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import procs
-from tests.integration.conftest import TEST_ENV, Stack
+from tests.integration.conftest import Stack, start_stack
 
 
 def start_fault_stack(workdir: Path, worker: bool = True, **env_extra: str) -> Stack:
     """Like the integration stack, but Redis fsyncs every write (acknowledged = durable)."""
-    redis_proc = procs.redis_server(workdir / "redis", fsync="always")
-    gw_port = procs.free_port()
-    registry = procs.registry_server(
-        workdir / "registry", f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry"
-    )
-    env = procs.gateway_env(redis_proc.port, registry.port, **{**TEST_ENV, **env_extra})
-    gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
-    stack = Stack(redis_proc, registry, gateway, workdir, env)
-    if worker:
-        stack.worker = procs.worker_process(workdir / "worker", env)
-    return stack
+    return start_stack(workdir, worker, fsync="always", **env_extra)
 
 
 @pytest.fixture

@@ -65,9 +65,10 @@ TEST_ENV = {"TAGWARDEN_OUTBOUND_ALLOWLIST": "127.0.0.1", "TAGWARDEN_DELIVERY_BAC
             "TAGWARDEN_DELIVERY_TIMEOUT": "2"}
 
 
-def start_stack(workdir: Path, worker: bool = True, **env_extra: str) -> Stack:
+def start_stack(workdir: Path, worker: bool = True, fsync: str = "everysec",
+                **env_extra: str) -> Stack:
     """Redis, a registry notifying the gateway, the gateway under gunicorn, an RQ worker."""
-    redis_proc = procs.redis_server(workdir / "redis")
+    redis_proc = procs.redis_server(workdir / "redis", fsync=fsync)
     gw_port = procs.free_port()
     registry = procs.registry_server(
         workdir / "registry", f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry"
