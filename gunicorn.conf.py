@@ -24,10 +24,26 @@ def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
     """Validate TAGWARDEN_* settings once, before any worker starts; exit naming the variable."""
     import sys
 
+    from service import multiproc
     from service.config import ConfigError, Settings
 
+    multiproc.prepare_dir()  # before any worker imports prometheus_client
     try:
         Settings.from_env()
     except ConfigError as exc:
         print(f"tagwarden: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn hook signature
+    """A worker died: drop its live gauges from the metrics directory (counters stay)."""
+    from service import multiproc
+
+    multiproc.mark_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ARG001 - gunicorn hook signature
+    """Remove the metrics directory if on_starting created it."""
+    from service import multiproc
+
+    multiproc.cleanup_dir()

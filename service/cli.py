@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--addr", default="0.0.0.0:5000")
     reg.add_argument("--webhook-url", default="http://gateway:8080/api/v1/webhooks/registry")
     reg.add_argument("--out", default="-")
+    spec = sub.add_parser("openapi", help="write openapi.yaml from the routes and schemas")
+    spec.add_argument("--out", default="openapi.yaml", help="file to write (- for stdout)")
     vulndb = sub.add_parser("vulndb", help="manage the offline vulnerability database")
     vulndb_sub = vulndb.add_subparsers(dest="vulndb_command", required=True)
     vimport = vulndb_sub.add_parser("import", help="load an OSV export (JSON files, all.zip)")
@@ -415,6 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not queue rescans of the digests environments point to")
     add_ci_parsers(sub)
     return parser
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Write openapi.yaml, generated from the routes and schemas."""
+    from service.openapi import write_openapi
+
+    write_openapi(args.out)
+    if args.out != "-":
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_vulndb(args: argparse.Namespace) -> int:
@@ -444,6 +456,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "history": cmd_history,
     "status": cmd_status,
     "vulndb": cmd_vulndb,
+    "openapi": cmd_openapi,
 }
 
 

@@ -141,7 +141,12 @@ def handle_http(exc: HTTPException) -> Response:
         errors = flatten_messages(messages)
         fields = ", ".join(sorted(errors))
         message = f"invalid request: {fields}" if fields else message
-    return api_error(status, HTTP_CODES.get(status, "error"), message, errors=errors)
+    resp = api_error(status, HTTP_CODES.get(status, "error"), message, errors=errors)
+    if status == 405:
+        for name, value in exc.get_headers():
+            if name.lower() == "allow":
+                resp.headers["Allow"] = value
+    return resp
 
 
 def handle_redis(exc: redis.RedisError) -> Response:

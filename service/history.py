@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from service import notify
+from service import metrics, notify
 from service.domain.durations import format_time
 from service.domain.errors import NotFound, PolicyDenied, Unprocessable
 from service.domain.policy import Gate, evaluate_promotion
@@ -58,6 +58,7 @@ def rollback(svc: Services, req: dict[str, Any], actor: str | None,
                         manifest.digest)
     relaxed = _without_soak_and_scan(policy, environment)
     decision = evaluate_promotion(relaxed, ctx)
+    metrics.decision("rollback", decision)
     record = _record("rollback", repository, environment, manifest, None,
                      {"digest": target["digest"], "promotion": target["id"]},
                      list(ctx.digest_tags), actor, req.get("reason"), policy.name)

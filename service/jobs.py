@@ -8,6 +8,8 @@ from typing import Any
 from rq import Queue, Retry
 from rq.job import Job
 
+from service.logs import job_meta
+
 RECONCILE = "workers.reconcile.reconcile"
 DRAIN = "workers.events.drain"
 DELIVER = "workers.deliveries.deliver"
@@ -23,7 +25,7 @@ def enqueue_reconcile(queue: Queue, delay: timedelta | None = None) -> Job:
     slot = int((time.time() + seconds) // max(seconds, 1)) if seconds else int(time.time())
     options: dict[str, Any] = dict(job_id=f"tagwarden-reconcile-{slot}", job_timeout=300,
                                    result_ttl=600, failure_ttl=24 * 3600,
-                                   retry=Retry(max=3, interval=[5, 30, 60]))
+                                   retry=Retry(max=3, interval=[5, 30, 60]), meta=job_meta())
     if delay:
         return queue.enqueue_in(delay, RECONCILE, **options)
     return queue.enqueue(RECONCILE, **options)
@@ -32,7 +34,7 @@ def enqueue_reconcile(queue: Queue, delay: timedelta | None = None) -> Job:
 def enqueue_drain(queue: Queue) -> Job:
     """Queue a drain of the registry-event inbox."""
     return queue.enqueue(DRAIN, job_timeout=600, result_ttl=60, failure_ttl=24 * 3600,
-                         retry=Retry(max=5, interval=[1, 5, 15, 60, 120]))
+                         retry=Retry(max=5, interval=[1, 5, 15, 60, 120]), meta=job_meta())
 
 
 def delivery_intervals(base: int, attempts: int = 5) -> list[int]:
@@ -44,11 +46,11 @@ def enqueue_delivery(queue: Queue, delivery_id: str, base: int, timeout: int) ->
     """Queue one outgoing webhook delivery with exponential backoff (5 attempts)."""
     return queue.enqueue(DELIVER, delivery_id, job_timeout=timeout * 3 + 10,
                          result_ttl=3600, failure_ttl=7 * 24 * 3600,
-                         retry=Retry(max=4, interval=delivery_intervals(base)))
+                         retry=Retry(max=4, interval=delivery_intervals(base)), meta=job_meta())
 
 
 def enqueue_scan(queue: Queue, scan_id: str, timeout: int) -> Job:
     """Queue one scan; retried with backoff when the registry or Redis hiccups."""
     return queue.enqueue(SCAN, scan_id, job_id=f"scan-{scan_id}", job_timeout=timeout,
                          result_ttl=3600, failure_ttl=7 * 24 * 3600,
-                         retry=Retry(max=3, interval=[5, 30, 120]))
+                         retry=Retry(max=3, interval=[5, 30, 120]), meta=job_meta())

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import LockError
 
-from service import notify
+from service import metrics, notify
 from service.domain.durations import format_time
 from service.domain.errors import (
     Conflict,
@@ -262,6 +262,7 @@ def promote(svc: Services, req: dict[str, Any], actor: str | None,
                      list(ctx.digest_tags), actor, req.get("reason"), policy.name)
     if req.get("dry_run"):
         return 200, {**record, "id": None, "dry_run": True, **decision.to_dict()}
+    metrics.decision("promote", decision)
     if not decision.allowed:
         notify.emit(svc, "promotion.denied", {**record, "violations": decision.to_dict()[
             "violations"]})

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import governance
+from service import governance, metrics
 from service.domain.tags import valid_repository, valid_tag
 from service.registry.client import (
     MANIFEST_TYPES,
@@ -257,6 +257,7 @@ def put_manifest(name: str, ref: str) -> Response:
     svc = _services()
     with svc.tags.lock(name, ref):
         decision = governance.check_push(svc, name, ref, digest)
+        metrics.decision("push", decision)
         if not decision.allowed:
             governance.deny(svc, "push", decision, _actor(), g.get("actor_id"),
                             repository=name, tag=ref, digest=digest)
@@ -280,6 +281,7 @@ def delete_manifest(name: str, ref: str) -> Response:
     """Govern a manifest DELETE: a digest an environment points to stays."""
     svc = _services()
     decision = governance.check_delete(svc, name, ref)
+    metrics.decision("delete", decision)
     if not decision.allowed:
         governance.deny(svc, "delete", decision, _actor(), g.get("actor_id"), repository=name,
                         reference=ref)

@@ -6,7 +6,7 @@ import hmac
 import json
 from typing import Any
 
-from service import jobs
+from service import jobs, metrics
 from service.domain.errors import DomainError, InvalidRequest, Unauthorized
 from service.services import Services
 
@@ -84,4 +84,5 @@ def receive(svc: Services, content_type: str, body: bytes) -> dict[str, int]:
         svc.events.count("webhook.malformed", skipped)
     if accepted and svc.inbox.kick():
         jobs.enqueue_drain(svc.queue)
+    metrics.webhook(accepted, len(usable) - accepted, skipped)
     return {"accepted": accepted, "duplicates": len(usable) - accepted, "skipped": skipped}

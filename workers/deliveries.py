@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import requests
 
+from service import metrics
 from service.deliveries import sign
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest
@@ -31,6 +32,7 @@ def deliver(delivery_id: str) -> str:
     if sub is None:
         delivery["status"] = "cancelled"
         svc.subscriptions.save_delivery(delivery)
+        metrics.delivery("cancelled")
         return "subscription deleted"
     body = delivery["payload"].encode()
     attempt = {"at": format_time(datetime.now(UTC)), "status": None, "error": None}
@@ -53,6 +55,7 @@ def deliver(delivery_id: str) -> str:
     delivery["attempts"].append(attempt)
     final = len(delivery["attempts"]) >= delivery.get("max_attempts", MAX_ATTEMPTS)
     delivery["status"] = "delivered" if ok else ("failed" if final else "retrying")
+    metrics.delivery(delivery["status"])
     svc.subscriptions.save_delivery(delivery)
     if not ok and not final:
         raise DeliveryFailed(f"attempt {len(delivery['attempts'])} failed: "

@@ -8,7 +8,7 @@ import socket
 import time
 from typing import Any
 
-from service import drift, governance
+from service import drift, governance, metrics
 from service.domain.tags import matches_any
 from service.registry.client import MANIFEST_TYPES
 from service.services import Services
@@ -39,6 +39,7 @@ def drain(max_seconds: float = 300.0) -> dict[str, int]:
             except Exception:  # noqa: BLE001 - one bad event must not stall the others
                 log.exception("event %s failed", event.get("id"))
                 svc.events.count("webhook.failed")
+                metrics.webhook_failed()
                 failed += 1
             done.append(entry_id)
         svc.inbox.ack(done)

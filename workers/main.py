@@ -8,8 +8,10 @@ import os
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
+from service import multiproc
 from service.config import Settings
 from service.jobs import enqueue_reconcile
+from service.logs import setup_logging
 from service.store import connect
 
 
@@ -33,8 +35,10 @@ def load_vulndb() -> None:
 
 def run_worker(burst: bool = False) -> bool:
     """Work Tagwarden's queue until stopped (or until empty with burst)."""
+    multiproc.setup_worker()  # before anything imports service.metrics
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings.from_env()
+    setup_logging(settings.log_format)
     connection = connect(settings.redis_url, decode=False, timeout=30.0)
     queue = Queue(settings.queue_name, connection=connection)
     # abandoned jobs (a worker killed mid-job) are found and retried within about

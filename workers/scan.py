@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from service import notify
+from service import metrics, notify
 from service.domain.durations import format_time
 from service.domain.errors import RegistryUnavailable
 from service.domain.policy_model import SEVERITIES
@@ -164,25 +164,27 @@ def run_scan(scan_id: str) -> str:
             scan["status"] = "queued"
             svc.scans.save(scan)
             raise  # RQ's Retry tries again later
-        return _fail(svc, scan, f"registry or store unavailable: {exc}")
+        return _fail(svc, scan, f"registry or store unavailable: {exc}", started)
     except ScanError as exc:
-        return _fail(svc, scan, str(exc))
+        return _fail(svc, scan, str(exc), started)
     except Exception as exc:  # a bug must not leave the scan "running" forever
         log.exception("scan %s crashed", scan_id)
-        return _fail(svc, scan, f"internal scanner error ({type(exc).__name__})")
+        return _fail(svc, scan, f"internal scanner error ({type(exc).__name__})", started)
     inventories = result.pop("inventories")
     scan.update(result, status="succeeded", finished_at=format_time(datetime.now(UTC)),
                 duration_seconds=round(time.monotonic() - started, 3))
     svc.scans.save(scan, inventories)
     svc.scans.release(scan["digest"], scan_id)
     notify.emit(svc, "scan.completed", {k: v for k, v in scan.items() if k != "findings"})
+    metrics.scan("succeeded", time.monotonic() - started)
     return "succeeded"
 
 
-def _fail(svc: Services, scan: dict[str, Any], error: str) -> str:
+def _fail(svc: Services, scan: dict[str, Any], error: str, started: float) -> str:
     scan.update(status="failed", error=error, finished_at=format_time(datetime.now(UTC)))
     svc.scans.save(scan)
     svc.scans.release(scan["digest"], scan["id"])
     notify.emit(svc, "scan.failed", scan)
+    metrics.scan("failed", time.monotonic() - started)
     log.warning("scan %s failed: %s", scan["id"], error)
     return "failed"

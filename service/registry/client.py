@@ -14,6 +14,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util.retry import Retry
 
 from service.domain.errors import NotFound, RegistryUnavailable
+from service.logs import current_request_id
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -88,11 +89,15 @@ class RegistryClient:
         timeout: urllib3.Timeout | float | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Send one request to the registry; raise RegistryUnavailable when it cannot answer."""
+        headers = dict(headers or {})
+        rid = current_request_id()
+        if rid:
+            headers.setdefault("X-Request-ID", rid)
         try:
             return self.pool.request(
                 method,
                 self.base_url + path,
-                headers=headers or {},
+                headers=headers,
                 body=body,
                 chunked=chunked,
                 retries=REPLAYABLE if body is None or isinstance(body, bytes) else False,

@@ -148,6 +148,8 @@ class PromotionStore:
 
     def at(self, repository: str, environment: str, at_ms: int) -> dict[str, Any] | None:
         """The record in force in an environment at a time (newest not after `at_ms`)."""
+        if at_ms < 0:
+            return None  # before 1970: nothing was promoted yet
         found = self.r.xrevrange(key("history", "env", repository, environment),
                                  max=str(at_ms), min="-", count=1)
         return json.loads(found[0][1]["d"]) if found else None

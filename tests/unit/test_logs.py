@@ -1,0 +1,113 @@
+"""Request logs: one line per request (JSON or text), X-Request-ID in, out and into jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import fakeredis
+import pytest
+from flask import Flask
+from rq import Queue, SimpleWorker
+
+from service import logs
+from service.app import create_app
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Capture(logging.Handler):
+    """Formats records with the configured handler's formatter and filters."""
+
+    def __init__(self, like: logging.Handler) -> None:
+        super().__init__()
+        self.setFormatter(like.formatter)
+        for f in like.filters:
+            self.addFilter(f)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def app_with(fmt: str) -> tuple[Flask, Capture]:
+    app = create_app(Settings(log_format=fmt))
+    root = logging.getLogger("tagwarden")
+    capture = Capture(root.handlers[0])
+    root.addHandler(capture)
+
+    @app.get("/_log_inside")
+    def inside() -> str:
+        logging.getLogger("tagwarden.test").info("inside the request")
+        return "ok"
+
+    return app, capture
+
+
+@pytest.fixture(autouse=True)
+def _restore_handlers():
+    root = logging.getLogger("tagwarden")
+    saved = list(root.handlers)
+    yield
+    root.handlers[:] = saved
+
+
+def test_json_access_line_has_request_id_route_status_duration():
+    app, capture = app_with("json")
+    resp = app.test_client().get("/healthz", headers={"X-Request-ID": "req-123"})
+    assert resp.headers["X-Request-ID"] == "req-123"
+    line = json.loads(capture.lines[-1])
+    assert line["logger"] == "tagwarden.access"
+    assert {k: line[k] for k in ("request_id", "method", "path", "route", "status")} == {
+        "request_id": "req-123", "method": "GET", "path": "/healthz", "route": "/healthz",
+        "status": 200}
+    assert isinstance(line["duration_ms"], float) and "actor" in line
+
+
+def test_an_invalid_incoming_request_id_is_replaced():
+    app, _ = app_with("json")
+    resp = app.test_client().get("/healthz", headers={"X-Request-ID": "x" * 200})
+    assert len(resp.headers["X-Request-ID"]) == 32
+
+
+def test_every_line_logged_during_a_request_names_its_request_id():
+    app, capture = app_with("json")
+    app.test_client().get("/_log_inside", headers={"X-Request-ID": "req-inside"})
+    inner = [json.loads(x) for x in capture.lines if "inside the request" in x]
+    assert inner and inner[0]["request_id"] == "req-inside"
+
+
+def test_text_format_is_one_readable_line_with_the_fields():
+    app, capture = app_with("text")
+    app.test_client().get("/healthz", headers={"X-Request-ID": "req-txt"})
+    line = capture.lines[-1]
+    assert "\n" not in line
+    assert " INFO tagwarden.access GET /healthz 200 route=/healthz " in line
+    assert line.endswith(" request_id=req-txt")
+    assert "ms " in line  # the duration, e.g. "0.52ms"
+
+
+def test_job_meta_carries_the_request_id_and_jobs_read_it_back():
+    app, _ = app_with("json")
+    with app.test_request_context("/", headers={"X-Request-ID": "req-job"}):
+        app.preprocess_request()
+        meta = logs.job_meta()
+    assert meta == {"request_id": "req-job"}
+    assert logs.job_meta() == {}  # outside a request and a job
+    conn = fakeredis.FakeRedis()
+    queue = Queue("t", connection=conn)
+    job = queue.enqueue("service.logs.current_request_id", meta=meta)
+    SimpleWorker([queue], connection=conn).work(burst=True)
+    job.refresh()
+    assert job.return_value() == "req-job"
+
+
+def test_workers_importing_logs_do_not_import_flask():
+    code = "import sys, service.logs, service.jobs; print('flask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
