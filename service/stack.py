@@ -112,6 +112,11 @@ def build_children(data: Path) -> tuple[list[Child], dict[str, str]]:
     env.setdefault("TAGWARDEN_REDIS_URL", f"redis://{redis_addr}/0")
     env.setdefault("TAGWARDEN_REGISTRY_URL", f"http://{registry_addr}")
     env["TAGWARDEN_BIND"] = bind
+    # gateway and worker write their metrics to one directory, so /metrics shows jobs too
+    metrics_dir = data / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     (data / "redis").mkdir(exist_ok=True)
     (data / "registry").mkdir(exist_ok=True)
     (data / "logs").mkdir(exist_ok=True)
