@@ -5,7 +5,7 @@ import os
 bind = os.environ.get("TAGWARDEN_BIND", "127.0.0.1:8080")
 # gthread: a blob upload holds a thread, not the worker's heartbeat, so a slow 2 GiB push is
 # never killed by --timeout (which for gthread only watches the worker's main loop).
-worker_class = "gthread"
+worker_class = "service.gunicorn_worker.DeadlineThreadWorker"  # gthread + read deadlines
 workers = int(os.environ.get("TAGWARDEN_WORKERS", "2"))
 threads = int(os.environ.get("TAGWARDEN_THREADS", "32"))
 timeout = 120

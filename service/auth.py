@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.domain.errors import Forbidden, Unauthorized
+from service.domain.tags import valid_repository
+from service.registry.routes import BadRoute, V2Route
 from service.services import Services
 from service.store.tokens import secret_hash
 
@@ -125,23 +127,21 @@ def authorize_api(principal: Principal, endpoint: str | None, method: str,
 
 
 # -- the registry API -----------------------------------------------------------------------
-def registry_access(method: str, path: str, query: dict[str, str]) -> list[tuple[str, str]]:
+def registry_access(method: str, route: V2Route, query: dict[str, str]
+                    ) -> list[tuple[str, str]]:
     """(action, repository) pairs a /v2 request needs: pull, push or delete."""
-    rest = path[len("/v2/"):] if path.startswith("/v2/") else ""
-    if rest in ("", "_catalog"):
+    if route.kind in ("base", "catalog"):
         return [("pull", "")]
-    name = rest
-    for marker in ("/manifests/", "/blobs/", "/tags/"):
-        if marker in rest:
-            name = rest.split(marker, 1)[0]
-            break
     if method in ("GET", "HEAD"):
-        return [("pull", name)]
+        return [("pull", route.name)]
     if method == "DELETE":
-        return [("delete", name)]
-    needs = [("push", name)]
-    if query.get("mount") and query.get("from"):
-        needs.append(("pull", query["from"]))
+        return [("delete", route.name)]
+    needs = [("push", route.name)]
+    source = query.get("from")
+    if query.get("mount") and source:
+        if not valid_repository(source):
+            raise BadRoute(400, "NAME_INVALID", "invalid mount source", {"from": source})
+        needs.append(("pull", source))
     return needs
 
 

@@ -110,6 +110,7 @@ class Settings:
     scanner_url: str = ""
     scanner_mode: str = "builtin"
     scanner_registry_url: str = ""
+    trust_forwarded: bool = False
     reconcile_interval: int = 60
     worker_maintenance_interval: int = 60
     job_monitoring_interval: int = 10
@@ -181,6 +182,8 @@ class Settings:
         if (v := get("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE")) is not None:
             values["fault_pause_after_registry_write"] = float(
                 _int("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE", v, 0, 600))
+        if (v := get("TAGWARDEN_TRUST_FORWARDED")) is not None:
+            values["trust_forwarded"] = _bool("TAGWARDEN_TRUST_FORWARDED", v)
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
         if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:

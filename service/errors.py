@@ -107,7 +107,9 @@ def handle_domain(exc: domain.DomainError) -> Response:
         code = "DENIED" if isinstance(exc, domain.PolicyDenied) else REGISTRY_CODES.get(
             status, "UNKNOWN"
         )
-        detail = {"violations": violations} if violations is not None else None
+        code = getattr(exc, "registry_code", None) or code
+        detail = {"violations": violations} if violations is not None else getattr(
+            exc, "detail", None)
         resp = registry_error(status, code, exc.message, detail)
         if status == 401:
             resp.headers["WWW-Authenticate"] = 'Basic realm="tagwarden"'
@@ -158,6 +160,14 @@ def handle_redis(exc: redis.RedisError) -> Response:
     return api_error(503, "store_unavailable", message)
 
 
+def handle_recursion(exc: RecursionError) -> Response:
+    """JSON nested deeper than Python can parse: the client's input, not a server fault."""
+    message = "input is nested too deeply"
+    if _is_registry_path():
+        return registry_error(400, "MANIFEST_INVALID", message)
+    return api_error(400, "invalid_request", message, errors={"body": [message]})
+
+
 def handle_unexpected(exc: Exception) -> Response:
     """Anything else: log it, answer 500 without a stack trace."""
     if isinstance(exc, HTTPException):
@@ -174,4 +184,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(redis.ConnectionError, handle_redis)
     app.register_error_handler(redis.TimeoutError, handle_redis)
+    app.register_error_handler(RecursionError, handle_recursion)
     app.register_error_handler(Exception, handle_unexpected)

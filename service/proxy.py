@@ -10,13 +10,15 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 
 from service import governance, metrics
-from service.domain.tags import valid_repository, valid_tag
+from service.gunicorn_worker import lift_deadline
+from service.registry import routes
 from service.registry.client import (
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
     RegistryClient,
     sha256_digest,
 )
+from service.registry.routes import BadRoute
 from service.services import Services
 
 bp = Blueprint("registry_proxy", __name__)
@@ -40,8 +42,6 @@ HOP_BY_HOP = frozenset(
 REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "expect"}
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-TAGS_LIST_RE = re.compile(r"^(?P<name>.+)/tags/list$")
-MANIFEST_RE = re.compile(r"^(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -57,13 +57,23 @@ def _client() -> RegistryClient:
     return current_app.extensions["registry"]
 
 
+HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])"
+                     r"(?::[0-9]{1,5})?$")
+
+
 def public_origin() -> str:
-    """The origin clients use to reach the gateway (config wins over the Host header)."""
-    configured = current_app.extensions["settings"].public_url
-    if configured:
-        return configured
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    """The origin clients use to reach the gateway: TAGWARDEN_PUBLIC_URL, else (only when
+    TAGWARDEN_TRUST_FORWARDED is on) X-Forwarded-Proto/Host, else the Host header."""
+    settings = current_app.extensions["settings"]
+    if settings.public_url:
+        return settings.public_url
+    proto, host = request.scheme, request.host
+    if settings.trust_forwarded:
+        proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip().lower()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    if proto not in ("http", "https") or not HOST_RE.match(host):
+        raise BadRoute(400, "UNSUPPORTED", "invalid Host or X-Forwarded-Host/Proto header",
+                       {"host": host[:100]})
     return f"{proto}://{host}"
 
 
@@ -85,9 +95,12 @@ def upstream_headers(origin: str) -> dict[str, str]:
 def _request_body() -> tuple[Any, bool, int | None]:
     """(body, chunked, length): the client body as a stream, never read whole."""
     length = request.content_length
+    if length:
+        lift_deadline(request.environ)  # a layer may take long; the idle timeout still holds
     if length is not None:
         return (request.stream if length else None), False, length
     if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        lift_deadline(request.environ)
         return request.stream, True, None
     return None, False, None
 
@@ -193,20 +206,6 @@ def _actor() -> str | None:
     return g.get("actor_name")
 
 
-def _check_reference(name: str, ref: str) -> Response | None:
-    """Registry-format 400 for a bad name or reference, before anything else happens."""
-    if not valid_repository(name):
-        return registry_error(400, "NAME_INVALID", "invalid repository name", {"name": name})
-    if ref.startswith("sha256:") or ":" in ref:
-        if not DIGEST_RE.match(ref):
-            return registry_error(400, "DIGEST_INVALID", "provided digest did not match "
-                                  "uploaded content", {"reference": ref})
-    elif not valid_tag(ref):
-        return registry_error(400, "TAG_INVALID", "manifest tag did not match URI",
-                              {"tag": ref})
-    return None
-
-
 def _read_manifest_body() -> bytes | Response:
     """The manifest bytes, refused above 4 MiB without reading them all."""
     if (request.content_length or 0) > MAX_MANIFEST_BYTES:
@@ -229,9 +228,16 @@ def _validate_manifest(body: bytes, media_type: str) -> Response | None:
     except (ValueError, UnicodeDecodeError) as exc:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               f"manifest is not valid JSON: {exc}")
+    except RecursionError:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              "manifest JSON is nested too deeply")
     if not isinstance(parsed, dict):
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               "manifest must be a JSON object")
+    version = parsed.get("schemaVersion")
+    if type(version) is not int or version != 2:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
+                              f"schemaVersion must be 2, not {str(version)[:20]!r}")
     declared = parsed.get("mediaType")
     if declared is not None and declared != media_type:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
@@ -249,8 +255,8 @@ def put_manifest(name: str, ref: str) -> Response:
     if (bad := _validate_manifest(body, media_type)) is not None:
         return bad
     digest = sha256_digest(body)
-    if DIGEST_RE.match(ref):
-        if ref != digest:
+    if ":" in ref:
+        if not DIGEST_RE.match(ref) or ref != digest:
             return registry_error(400, "DIGEST_INVALID", "provided digest did not match "
                                   "uploaded content", {"expected": ref, "computed": digest})
         return _forward_manifest(name, ref, None, body, digest)
@@ -295,13 +301,11 @@ def delete_manifest(name: str, ref: str) -> Response:
 @bp.route("/v2/<path:path>", methods=METHODS)
 def v2(path: str) -> Response:
     """The Docker Registry HTTP API v2, proxied with policy enforcement."""
-    if request.method == "GET" and (match := TAGS_LIST_RE.match(path)):
-        return tags_list(match.group("name"))
-    if request.method in ("PUT", "DELETE") and (match := MANIFEST_RE.match(path)):
-        name, ref = match.group("name"), match.group("ref")
-        if (bad := _check_reference(name, ref)) is not None:
-            return bad
+    route = g.get("v2_route") or routes.parse(path)  # refuses `..`, bad names and refs
+    if request.method == "GET" and route.kind == "tags":
+        return tags_list(route.name)
+    if request.method in ("PUT", "DELETE") and route.kind == "manifest":
         if request.method == "PUT":
-            return put_manifest(name, ref)
-        return delete_manifest(name, ref)
+            return put_manifest(route.name, route.ref)
+        return delete_manifest(route.name, route.ref)
     return forward(path)

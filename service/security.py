@@ -16,6 +16,7 @@ from limits.strategies import FixedWindowRateLimiter
 from service import auth
 from service.domain.durations import format_time
 from service.domain.errors import DomainError, Unauthorized
+from service.registry import routes
 from service.services import Services
 
 log = logging.getLogger("tagwarden.security")
@@ -92,6 +93,11 @@ def install(app: Flask, svc: Services) -> None:
             request.max_content_length = settings.api_max_bytes
             if request.endpoint == WEBHOOK_ENDPOINT:
                 return
+            if request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
+                # a chunked body: read it within the limit; werkzeug raises 413 on the byte
+                # after the limit, which a plain read-all would silently drop
+                request.get_data(cache=True)
+                request.stream.read(1)
             principal = auth.from_bearer(svc, request.headers.get("Authorization"))
             _set_actor(principal)
             if limiter is not None and not limiter[0].hit(limiter[1], "api", principal.id):
@@ -105,7 +111,9 @@ def install(app: Flask, svc: Services) -> None:
             if principal is None and request.headers.get("Authorization"):
                 raise Unauthorized("invalid, expired or revoked token")
             _set_actor(principal)
-            needs = auth.registry_access(request.method, path, request.args.to_dict())
+            route = routes.parse(path[len("/v2/"):] if path.startswith("/v2/") else "")
+            g.v2_route = route
+            needs = auth.registry_access(request.method, route, request.args.to_dict())
             auth.authorize_registry(principal, needs, settings.anonymous_pull)
         elif (path in DOC_PATHS or path.startswith("/docs/")) and not settings.open_docs:
             _set_actor(auth.from_bearer(svc, request.headers.get("Authorization")))

@@ -71,7 +71,7 @@ def receive(svc: Services, content_type: str, body: bytes) -> dict[str, int]:
         raise UnsupportedMediaType(f"content type must be one of {', '.join(CONTENT_TYPES)}")
     try:
         envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("body is not JSON", errors={"body": ["invalid JSON"]}) from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("events"), list):
         raise InvalidRequest("body is not a notification envelope",

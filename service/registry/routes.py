@@ -1,0 +1,74 @@
+"""One parser for /v2 paths, used by authorization and by the proxy alike.
+
+The name is everything before the last route keyword, as distribution's router matches it;
+a path whose name breaks the repository grammar (`..`, empty segments, upper case) or whose
+reference is not a tag, digest or upload id is refused before anything is forwarded, so no
+path normalisation downstream can turn it into another repository or another tag.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from service.domain.errors import InvalidRequest
+from service.domain.tags import valid_repository, valid_tag
+
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_=-]{1,128}$")
+PATTERNS = (
+    ("manifest", re.compile(r"^(?P<name>.+)/manifests/(?P<ref>[^/]+)$")),
+    ("tags", re.compile(r"^(?P<name>.+)/tags/list$")),
+    ("upload", re.compile(r"^(?P<name>.+)/blobs/uploads/?$")),
+    ("upload_session", re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)$")),
+    ("blob", re.compile(r"^(?P<name>.+)/blobs/(?P<ref>[^/]+)$")),
+    ("referrers", re.compile(r"^(?P<name>.+)/referrers/(?P<ref>[^/]+)$")),
+)
+
+
+class BadRoute(InvalidRequest):
+    """A /v2 path that is not a registry route or names nothing valid."""
+
+    def __init__(self, status: int, registry_code: str, message: str, detail: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.registry_code = registry_code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class V2Route:
+    """What a /v2 path addresses."""
+
+    kind: str  # base, catalog, manifest, tags, upload, upload_session, blob, referrers
+    name: str = ""
+    ref: str = ""
+
+
+def _check_ref(kind: str, ref: str) -> None:
+    if kind in ("blob", "referrers") and not DIGEST_RE.match(ref):
+        raise BadRoute(400, "DIGEST_INVALID", "invalid digest", {"digest": ref})
+    if kind == "upload_session" and not UPLOAD_ID_RE.match(ref):
+        raise BadRoute(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown", {"upload": ref})
+    if kind == "manifest" and ":" in ref and not DIGEST_RE.match(ref):
+        raise BadRoute(400, "DIGEST_INVALID", "invalid digest", {"reference": ref})
+    if kind == "manifest" and ":" not in ref and not valid_tag(ref):
+        raise BadRoute(400, "TAG_INVALID", "manifest tag did not match URI", {"tag": ref})
+
+
+def parse(path: str) -> V2Route:
+    """The route of a /v2 path (the part after `/v2/`); BadRoute when it is not valid."""
+    if path == "":
+        return V2Route("base")
+    if path == "_catalog":
+        return V2Route("catalog")
+    for kind, pattern in PATTERNS:
+        match = pattern.match(path)
+        if match is None:
+            continue
+        name, ref = match.group("name"), match.groupdict().get("ref") or ""
+        if not valid_repository(name):
+            raise BadRoute(400, "NAME_INVALID", "invalid repository name", {"name": name})
+        _check_ref(kind, ref)
+        return V2Route(kind, name, ref)
+    raise BadRoute(404, "NAME_UNKNOWN", "not a registry API route", {"path": path})
