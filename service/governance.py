@@ -74,10 +74,18 @@ def deny(svc: Services, action: str, decision: Decision, actor: str | None,
     raise PolicyDenied(denial_message(decision), decision)
 
 
-def check_push(svc: Services, repository: str, tag: str, digest: str | None) -> Decision:
-    """The decision for pushing `digest` under `tag` (no side effects)."""
-    policy = policy_for(svc, repository)
-    current = current_digest(svc, repository, tag) if tag not in policy.environments else None
+def is_immutable(policy: Policy, tag: str) -> bool:
+    """Whether a tag is in one of the policy's immutable classes."""
+    return tag not in policy.environments and matches_any(tag, policy.push.immutable,
+                                                          policy.environments)
+
+
+def check_push(svc: Services, repository: str, tag: str, digest: str | None,
+               policy: Policy | None = None) -> Decision:
+    """The decision for pushing `digest` under `tag` (no side effects); only an immutable
+    tag needs to know where it points now."""
+    policy = policy or policy_for(svc, repository)
+    current = current_digest(svc, repository, tag) if is_immutable(policy, tag) else None
     return evaluate_push(policy, repository, tag, digest or "", current)
 
 

@@ -261,13 +261,21 @@ def put_manifest(name: str, ref: str) -> Response:
                                   "uploaded content", {"expected": ref, "computed": digest})
         return _forward_manifest(name, ref, None, body, digest)
     svc = _services()
-    with svc.tags.lock(name, ref):
-        decision = governance.check_push(svc, name, ref, digest)
-        metrics.decision("push", decision)
-        if not decision.allowed:
-            governance.deny(svc, "push", decision, _actor(), g.get("actor_id"),
-                            repository=name, tag=ref, digest=digest)
-        return _forward_manifest(name, ref, ref, body, digest)
+    policy = governance.policy_for(svc, name)
+    if not governance.is_immutable(policy, ref):
+        return _govern_put(svc, policy, name, ref, body, digest)
+    with svc.tags.lock(name, ref):  # check, write and record an immutable tag as one step
+        return _govern_put(svc, policy, name, ref, body, digest)
+
+
+def _govern_put(svc: Services, policy: Any, name: str, ref: str, body: bytes, digest: str
+                ) -> Response:
+    decision = governance.check_push(svc, name, ref, digest, policy)
+    metrics.decision("push", decision)
+    if not decision.allowed:
+        governance.deny(svc, "push", decision, _actor(), g.get("actor_id"),
+                        repository=name, tag=ref, digest=digest)
+    return _forward_manifest(name, ref, ref, body, digest)
 
 
 def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest: str) -> Response:

@@ -65,6 +65,11 @@ def slim(event: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def direct_streams(svc: Services) -> Any:
+    """Pull events need no processing: they are recorded by the receiver itself."""
+    return lambda event: svc.events.streams(event) if event["action"] == "pull" else None
+
+
 def receive(svc: Services, content_type: str, body: bytes) -> dict[str, int]:
     """Accept an envelope: {"accepted", "duplicates", "skipped"}; malformed events counted."""
     if content_type.split(";")[0].strip().lower() not in CONTENT_TYPES:
@@ -79,10 +84,10 @@ def receive(svc: Services, content_type: str, body: bytes) -> dict[str, int]:
     usable = [e for e in (slim(x) if isinstance(x, dict) else None for x in envelope["events"])
               if e is not None]
     skipped = len(envelope["events"]) - len(usable)
-    accepted = svc.inbox.accept(usable) if usable else 0
+    accepted, kick = svc.inbox.accept(usable, direct_streams(svc)) if usable else (0, False)
     if skipped:
         svc.events.count("webhook.malformed", skipped)
-    if accepted and svc.inbox.kick():
+    if kick:
         jobs.enqueue_drain(svc.queue)
     metrics.webhook(accepted, len(usable) - accepted, skipped)
     return {"accepted": accepted, "duplicates": len(usable) - accepted, "skipped": skipped}

@@ -33,6 +33,19 @@ def load_vulndb() -> None:
                                                    report["records"])
 
 
+def preload() -> None:
+    """Import every job module and build the services once, in the worker process: RQ forks
+    a work-horse per job, which then inherits them instead of paying ~300 ms each time."""
+    import importlib
+
+    from service.jobs import JOBS
+    from workers.context import services
+
+    for dotted in JOBS:
+        importlib.import_module(dotted.rpartition(".")[0])
+    services()
+
+
 def run_worker(burst: bool = False) -> bool:
     """Work Tagwarden's queue until stopped (or until empty with burst)."""
     multiproc.setup_worker()  # before anything imports service.metrics
@@ -47,6 +60,7 @@ def run_worker(burst: bool = False) -> bool:
                     maintenance_interval=settings.worker_maintenance_interval,
                     job_monitoring_interval=settings.job_monitoring_interval)
     log = logging.getLogger("tagwarden.worker")
+    preload()
     try:
         enqueue_reconcile(queue)  # finish whatever a crash left behind, at every start
         load_vulndb()

@@ -14,13 +14,18 @@ MAXLEN = 1_000_000
 DEDUPE_TTL = 7 * 24 * 3600
 
 
+def serialize(event: dict[str, Any]) -> str:
+    """The stored form of an event."""
+    return json.dumps(event, separators=(",", ":"), sort_keys=True)
+
+
 class EventStore:
     """Append-only event log with per-repository and per-action indexes (Redis streams)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
-    def _streams(self, event: dict[str, Any]) -> list[str]:
+    def streams(self, event: dict[str, Any]) -> list[str]:
         streams = [key("events")]
         if event.get("repository"):
             streams.append(key("events", "repo", event["repository"]))
@@ -30,9 +35,9 @@ class EventStore:
 
     def record(self, event: dict[str, Any], pipe: Any = None) -> None:
         """Append one event to the log and its indexes (in `pipe` when given)."""
-        data = json.dumps(event, separators=(",", ":"), sort_keys=True)
+        data = serialize(event)
         target = pipe if pipe is not None else self.r.pipeline(transaction=True)
-        for stream in self._streams(event):
+        for stream in self.streams(event):
             target.xadd(stream, {"d": data}, maxlen=MAXLEN, approximate=True)
         if pipe is None:
             target.execute()

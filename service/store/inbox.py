@@ -8,17 +8,35 @@ from typing import Any
 import redis
 
 from service.store import key
+from service.store.events import serialize
 
 DEDUPE_TTL = 7 * 24 * 3600
 INBOX_MAXLEN = 1_000_000
 GROUP = "processors"
-# KEYS: 1 seen-marker, 2 inbox stream. ARGV: 1 event json, 2 ttl, 3 maxlen
+# One round trip per envelope. KEYS: 1 inbox stream, 2 draining flag, then per event its
+# seen-marker followed (for events recorded directly) by its event streams.
+# ARGV: 1 dedupe ttl, 2 maxlen, then per event: number of direct streams, event json.
+# Returns {accepted, schedule a drain?}.
 ACCEPT = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[1])
-  return 1
+local accepted, queued, k = 0, 0, 3
+for i = 3, #ARGV, 2 do
+  local direct = tonumber(ARGV[i])
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
+    accepted = accepted + 1
+    if direct == 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i + 1])
+      queued = queued + 1
+    else
+      for j = 1, direct do
+        redis.call('XADD', KEYS[k + j], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i + 1])
+      end
+    end
+  end
+  k = k + 1 + direct
 end
-return 0
+local kick = 0
+if queued > 0 and redis.call('SET', KEYS[2], '1', 'NX', 'EX', 30) then kick = 1 end
+return {accepted, kick}
 """
 
 
@@ -30,18 +48,17 @@ class Inbox:
         self._accept = client.register_script(ACCEPT)
         self.stream = key("inbox")
 
-    def accept(self, events: list[dict[str, Any]]) -> int:
-        """Append the events not seen before; returns how many were new."""
-        pipe = self.r.pipeline(transaction=False)
+    def accept(self, events: list[dict[str, Any]], direct: Any = None) -> tuple[int, bool]:
+        """Dedupe and store events in one round trip: (new events, schedule a drain?).
+        `direct(event)` names the event streams of an event recorded right away (a pull
+        needs no processing), or None to queue it for the workers."""
+        keys, args = [self.stream, key("inbox", "draining")], [DEDUPE_TTL, INBOX_MAXLEN]
         for event in events:
-            self._accept(keys=[key("event-seen", event["id"]), self.stream],
-                         args=[json.dumps(event, separators=(",", ":")), DEDUPE_TTL,
-                               INBOX_MAXLEN], client=pipe)
-        return sum(int(x) for x in pipe.execute())
-
-    def kick(self) -> bool:
-        """True when no drain is scheduled yet (the caller then enqueues one)."""
-        return bool(self.r.set(key("inbox", "draining"), "1", nx=True, ex=30))
+            streams = (direct(event) if direct else None) or []
+            keys += [key("event-seen", event["id"]), *streams]
+            args += [len(streams), serialize(event)]
+        accepted, kick = self._accept(keys=keys, args=args)
+        return int(accepted), bool(kick)
 
     def done_draining(self) -> None:
         """The drain is ending: the next accepted event schedules a new one."""
