@@ -8,7 +8,6 @@ import os
 import runpy
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import redis
 
 from bench.client import Http, basic, bearer
 from tests.helpers import procs
+from tests.helpers.procs import PeakRss, tree  # noqa: F401 - used by the bench modules
 
 ROOT = Path(__file__).resolve().parents[1]
 # The per-token API rate limit (default 1200/minute) would cap every API benchmark at 20/s;
@@ -45,15 +45,6 @@ def gunicorn_conf() -> dict:
         os.environ.update(saved)
     return {k: v for k, v in conf.items() if not k.startswith("_") and not callable(v)
             and isinstance(v, str | int | float | bool | type(None))}
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    """A process and all its descendants."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def rss_of(pid: int) -> int:
@@ -85,46 +76,6 @@ def machine_busy() -> float:
     """Machine-wide busy CPU seconds (all cores, everything but idle and iowait)."""
     t = psutil.cpu_times()
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-class PeakRss:
-    """Samples a process tree's RSS every 20 ms in a background thread; keeps the peak. The
-    list of processes is refreshed every 0.5 s only (walking /proc costs CPU the servers
-    being measured would miss)."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        procs_: list[psutil.Process] = []
-        refreshed = 0.0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now - refreshed > 0.5:
-                procs_ = tree(self.pid)
-                refreshed = now
-            total = 0
-            for p in procs_:
-                try:
-                    total += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    refreshed = 0.0
-            self.peak = max(self.peak, total)
-            self.samples += 1
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass

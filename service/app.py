@@ -16,7 +16,6 @@ from service.errors import register_error_handlers
 from service.health import bp as health_bp
 from service.schemas.policy import load_policy_file
 from service.services import Services
-from service.wiring import wire
 
 log = logging.getLogger("tagwarden.app")
 
@@ -74,12 +73,8 @@ def create_app(config: Any = None) -> Flask:
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = None  # /v2 bodies are streamed; API limits per route
     logs.configure(app, settings.log_format)
-    svc = wire(Services.build(settings))
+    svc = Services.build(settings)
     app.extensions["tagwarden"] = svc
-    app.extensions["settings"] = settings
-    app.extensions["redis"] = svc.redis
-    app.extensions["queue"] = svc.queue
-    app.extensions["registry"] = svc.registry
     seed_policies(app, svc)
     api = Api(app)
     app.extensions["api"] = api

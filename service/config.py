@@ -205,9 +205,3 @@ class Settings:
         merged = {f.name: getattr(base, f.name) for f in fields(cls)}
         merged.update(mapping)
         return cls(**merged)
-
-
-def env_flag(name: str, default: bool = False) -> bool:
-    """Read a boolean TAGWARDEN_* flag (used outside Settings, e.g. by the dev stack)."""
-    value = os.environ.get(name)
-    return default if value is None else _bool(name, value)

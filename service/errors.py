@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.domain import errors as domain
 from service.proxy import registry_error
+from service.schemas.common import flatten_errors
 
 log = logging.getLogger("tagwarden.errors")
 
@@ -77,28 +78,9 @@ def api_error(status: int, code: str, message: str, **extra: Any) -> Response:
     return resp
 
 
-def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:
-    """Turn marshmallow's nested messages into {"dotted.field": [messages]}."""
-    out: dict[str, list[str]] = {}
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            out.update(flatten_messages(value, path))
-    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
-        out[prefix or "_schema"] = list(messages)
-    elif isinstance(messages, list):
-        for index, value in enumerate(messages):
-            out.update(flatten_messages(value, f"{prefix}.{index}" if prefix else str(index)))
-    else:
-        out[prefix or "_schema"] = [str(messages)]
-    return out
-
-
 def handle_domain(exc: domain.DomainError) -> Response:
     """Domain exception → status and envelope for the path's API family."""
     status = _status_of(exc)
-    if isinstance(exc, domain.RegistryUnavailable) and "unreachable" in exc.message:
-        status = 503
     if status >= 500:
         log.warning("%s %s: %s", request.method, request.path, exc.message)
     decision = getattr(exc, "decision", None)
@@ -140,7 +122,7 @@ def handle_http(exc: HTTPException) -> Response:
                 else:
                     merged.setdefault("body" if location == "json" else location, part)
             messages = merged
-        errors = flatten_messages(messages)
+        errors = flatten_errors(messages)
         fields = ", ".join(sorted(errors))
         message = f"invalid request: {fields}" if fields else message
     resp = api_error(status, HTTP_CODES.get(status, "error"), message, errors=errors)

@@ -9,16 +9,17 @@ from typing import Any
 
 from service import notify
 from service.domain.durations import format_time
-from service.domain.errors import PolicyDenied
+from service.domain.errors import InvalidRequest, PolicyDenied
 from service.domain.policy import (
     Decision,
     Policy,
     evaluate_delete,
     evaluate_push,
     evaluate_tag_delete,
+    is_immutable,
     match_policy,
 )
-from service.domain.tags import matches_any
+from service.logs import current_request_id
 from service.services import Services
 
 log = logging.getLogger("tagwarden.governance")
@@ -64,20 +65,11 @@ def deny(svc: Services, action: str, decision: Decision, actor: str | None,
         log.warning("could not record denial event for %s", target.get("repository"))
     notify.emit(svc, "push.denied", event)
     try:
-        svc.audit.append({
-            "id": uuid.uuid4().hex, "time": event["timestamp"], "action": f"{action}.denied",
-            "actor": {"id": actor_id, "name": actor}, "target": target, "outcome": "denied",
-            "status": 403, "repository": target.get("repository"), "request_id": None,
-        })
+        svc.audit.record(f"{action}.denied", (actor_id, actor), target, "denied", 403,
+                         current_request_id())
     except Exception:  # noqa: BLE001
         log.warning("could not audit denial for %s", target.get("repository"))
     raise PolicyDenied(denial_message(decision), decision)
-
-
-def is_immutable(policy: Policy, tag: str) -> bool:
-    """Whether a tag is in one of the policy's immutable classes."""
-    return tag not in policy.environments and matches_any(tag, policy.push.immutable,
-                                                          policy.environments)
 
 
 def check_push(svc: Services, repository: str, tag: str, digest: str | None,
@@ -111,14 +103,12 @@ def after_manifest_delete(svc: Services, repository: str, digest: str) -> None:
     pointing anywhere else)."""
     policy = policy_for(svc, repository)
     for tag, known in svc.tags.all(repository).items():
-        if known == digest and not matches_any(tag, policy.push.immutable, policy.environments):
+        if known == digest and not is_immutable(policy, tag):
             svc.tags.forget(repository, tag)
 
 
 def evaluate(svc: Services, args: dict[str, Any]) -> Decision:
     """The dry-run endpoint: the same decision the real push, delete or promotion gets."""
-    from service.domain.errors import InvalidRequest
-
     repository, action = args["repository"], args["action"]
     if action == "push":
         if "tag" not in args:
@@ -137,10 +127,11 @@ def evaluate(svc: Services, args: dict[str, Any]) -> Decision:
 
 def scan_after_push(svc: Services, repository: str, digest: str) -> None:
     """Queue a scan of a pushed manifest when the policy asks for it (never fails the push)."""
-    scan = svc.extra.get("scan_on_push")
-    if scan is None or not policy_for(svc, repository).scan_on_push:
+    if not policy_for(svc, repository).scan_on_push:
         return
+    from service.scans import scan_on_push
+
     try:
-        scan(repository, digest)
+        scan_on_push(svc, repository, digest)
     except Exception:  # noqa: BLE001 - the registry already has the manifest
         log.exception("could not queue scan-on-push for %s@%s", repository, digest)

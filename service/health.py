@@ -28,9 +28,9 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
     """200 when Redis and the registry answer; 503 naming the one that does not."""
-    ext = current_app.extensions
-    redis_future = _probe_pool.submit(_redis_ok, ext["redis"])
-    registry_future = _probe_pool.submit(ext["registry"].ping, 1.5)
+    svc = current_app.extensions["tagwarden"]
+    redis_future = _probe_pool.submit(_redis_ok, svc.redis)
+    registry_future = _probe_pool.submit(svc.registry.ping, 1.5)
     checks = {"redis": redis_future.result(), "registry": registry_future.result()}
     down = [name for name, ok in checks.items() if not ok]
     body = {

@@ -8,7 +8,7 @@ from typing import Any
 from service import metrics, notify
 from service.domain.durations import format_time
 from service.domain.errors import NotFound, PolicyDenied, Unprocessable
-from service.domain.policy import Gate, evaluate_promotion
+from service.domain.gates import evaluate_rollback
 from service.governance import denial_message, policy_for
 from service.promotions import (
     _check_target,
@@ -56,8 +56,7 @@ def rollback(svc: Services, req: dict[str, Any], actor: str | None,
                        f"{repository}; it cannot be restored")
     ctx = build_context(svc, policy, repository, environment, "digest", target["digest"],
                         manifest.digest)
-    relaxed = _without_soak_and_scan(policy, environment)
-    decision = evaluate_promotion(relaxed, ctx)
+    decision = evaluate_rollback(policy, ctx)
     metrics.decision("rollback", decision)
     record = _record("rollback", repository, environment, manifest, None,
                      {"digest": target["digest"], "promotion": target["id"]},
@@ -71,15 +70,6 @@ def rollback(svc: Services, req: dict[str, Any], actor: str | None,
         return done
 
     return idempotent(svc, idem_key, fingerprint("rollback", req), run)
-
-
-def _without_soak_and_scan(policy: Any, environment: str) -> Any:
-    from dataclasses import replace
-
-    gate = policy.gate(environment)
-    relaxed = Gate(from_env=gate.from_env, tags=gate.tags, scan=None, soak_seconds=0,
-                   freeze=gate.freeze)
-    return replace(policy, promotion={**policy.promotion, environment: relaxed})
 
 
 def environments(svc: Services, repository: str, at: datetime | None) -> dict[str, Any]:

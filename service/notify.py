@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from service.services import Services
+
 log = logging.getLogger("tagwarden.notify")
 
 
-def emit(svc: Any, event_type: str, payload: dict[str, Any]) -> None:
+def emit(svc: Services, event_type: str, payload: dict[str, Any]) -> None:
     """Queue `event_type` for every matching subscription; never fails the caller."""
-    deliver = svc.extra.get("deliver")
-    if deliver is None:
-        return
+    from service.deliveries import fan_out
+
     try:
-        deliver(event_type, payload)
+        fan_out(svc, event_type, payload)
     except Exception:  # noqa: BLE001 - a notification never undoes the action it reports
         log.exception("could not queue %s notification", event_type)

@@ -112,8 +112,7 @@ def digest_tags(svc: Services, repository: str, digest: str, environments: tuple
 
 def scan_summary(svc: Services, repository: str, digest: str) -> dict[str, Any] | None:
     """The latest succeeded scan of a digest, for the scan gate (None: never scanned)."""
-    scans = svc.extra.get("scans")
-    return scans.latest_succeeded(digest) if scans is not None else None
+    return svc.scans.latest_succeeded(digest)
 
 
 def build_context(svc: Services, policy: Policy, repository: str, environment: str,
@@ -195,7 +194,8 @@ def reconcile_intent(svc: Services, repository: str, environment: str) -> dict[s
 
 def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: str | None,
          idem: dict[str, str] | None) -> dict[str, Any]:
-    """Steps 3-5 under the (repository, environment) lock: CAS, intent, registry, commit."""
+    """Steps 3-5 under the (repository, environment) lock: CAS, intent, registry, commit.
+    The previous digest is read here, under the lock, where it cannot change any more."""
     repository, environment = record["repository"], record["environment"]
     try:
         lock = svc.promotions.lock(repository, environment)
@@ -257,9 +257,10 @@ def promote(svc: Services, req: dict[str, Any], actor: str | None,
     ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest)
     decision = evaluate_promotion(policy, ctx)
     source = {kind: value}
-    record = _record("promotion", repository, environment, manifest,
-                     svc.environments.digests(repository).get(environment), source,
+    record = _record("promotion", repository, environment, manifest, None, source,
                      list(ctx.digest_tags), actor, req.get("reason"), policy.name)
+    if req.get("dry_run") or not decision.allowed:  # a preview shows what it would replace
+        record["previous_digest"] = svc.environments.digests(repository).get(environment)
     if req.get("dry_run"):
         return 200, {**record, "id": None, "dry_run": True, **decision.to_dict()}
     metrics.decision("promote", decision)

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 
 from service import governance, metrics
+from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
 from service.registry import routes
 from service.registry.client import (
@@ -54,7 +55,7 @@ def registry_error(status: int, code: str, message: str, detail: Any = None) -> 
 
 
 def _client() -> RegistryClient:
-    return current_app.extensions["registry"]
+    return _services().registry
 
 
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])"
@@ -64,7 +65,7 @@ HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2
 def public_origin() -> str:
     """The origin clients use to reach the gateway: TAGWARDEN_PUBLIC_URL, else (only when
     TAGWARDEN_TRUST_FORWARDED is on) X-Forwarded-Proto/Host, else the Host header."""
-    settings = current_app.extensions["settings"]
+    settings = _services().settings
     if settings.public_url:
         return settings.public_url
     proto, host = request.scheme, request.host
@@ -105,18 +106,31 @@ def _request_body() -> tuple[Any, bool, int | None]:
     return None, False, None
 
 
-def relay(upstream: Any, origin: str, head: bool = False) -> Response:
-    """Turn an upstream urllib3 response into a streamed Flask response."""
-    client = _client()
-    headers: list[tuple[str, str]] = []
+def _relayed_headers(upstream: Any, origin: str | None) -> list[tuple[str, str]]:
+    """Upstream headers minus hop-by-hop ones, Location pointed at the gateway's origin."""
+    upstream_origin = _client().origin
+    headers = []
     for key, value in upstream.headers.items():
         lower = key.lower()
         if lower in RESPONSE_DROP:
             continue
-        if lower == "location" and value.startswith(client.origin):
-            value = origin + value[len(client.origin) :]
+        if origin and lower == "location" and value.startswith(upstream_origin):
+            value = origin + value[len(upstream_origin) :]
         headers.append((key, value))
-    chunk = current_app.extensions["settings"].proxy_chunk_size
+    return headers
+
+
+def _with_headers(resp: Response, headers: list[tuple[str, str]]) -> Response:
+    resp.headers.clear()  # exactly the upstream's headers (no default Content-Type)
+    for key, value in headers:
+        resp.headers.add(key, value)
+    return resp
+
+
+def relay(upstream: Any, origin: str, head: bool = False) -> Response:
+    """Turn an upstream urllib3 response into a streamed Flask response."""
+    headers = _relayed_headers(upstream, origin)
+    chunk = _services().settings.proxy_chunk_size
 
     def body() -> Iterator[bytes]:
         try:
@@ -130,13 +144,9 @@ def relay(upstream: Any, origin: str, head: bool = False) -> Response:
 
     if head or upstream.status in (204, 304):
         upstream.release_conn()
-        resp = Response(status=upstream.status)
-    else:
-        resp = Response(body(), status=upstream.status, direct_passthrough=True)
-    resp.headers.clear()
-    for key, value in headers:
-        resp.headers.add(key, value)
-    return resp
+        return _with_headers(Response(status=upstream.status), headers)
+    return _with_headers(Response(body(), status=upstream.status, direct_passthrough=True),
+                         headers)
 
 
 def forward(path: str) -> Response:
@@ -186,16 +196,8 @@ def tags_list(name: str) -> Response:
 
 def relay_buffered(upstream: Any, origin: str | None = None) -> Response:
     """Relay a small, already-read upstream response."""
-    resp = Response(upstream.data, status=upstream.status)
-    resp.headers.clear()
-    client = _client()
-    for key, value in upstream.headers.items():
-        if key.lower() in RESPONSE_DROP:
-            continue
-        if origin and key.lower() == "location" and value.startswith(client.origin):
-            value = origin + value[len(client.origin) :]
-        resp.headers.add(key, value)
-    return resp
+    return _with_headers(Response(upstream.data, status=upstream.status),
+                         _relayed_headers(upstream, origin))
 
 
 def _services() -> Services:
@@ -262,7 +264,7 @@ def put_manifest(name: str, ref: str) -> Response:
         return _forward_manifest(name, ref, None, body, digest)
     svc = _services()
     policy = governance.policy_for(svc, name)
-    if not governance.is_immutable(policy, ref):
+    if not is_immutable(policy, ref):
         return _govern_put(svc, policy, name, ref, body, digest)
     with svc.tags.lock(name, ref):  # check, write and record an immutable tag as one step
         return _govern_put(svc, policy, name, ref, body, digest)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +12,6 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from service import auth
-from service.domain.durations import format_time
 from service.domain.errors import DomainError, Unauthorized
 from service.registry import routes
 from service.services import Services
@@ -48,18 +45,6 @@ def _set_actor(principal: auth.Principal | None) -> None:
     g.principal = principal
     g.actor_id = principal.id if principal else None
     g.actor_name = principal.name if principal else None
-
-
-def audit_entry(action: str, target: dict[str, Any], outcome: str, status: int
-                ) -> dict[str, Any]:
-    """One audit record; never contains a secret (no bodies, no headers)."""
-    return {
-        "id": uuid.uuid4().hex, "time": format_time(datetime.now(UTC)), "action": action,
-        "actor": {"id": g.get("actor_id"), "name": g.get("actor_name")},
-        "target": target, "outcome": outcome, "status": status,
-        "repository": target.get("repository"),
-        "request_id": request.environ.get("tagwarden.request_id"),
-    }
 
 
 def _target() -> dict[str, Any]:
@@ -127,7 +112,9 @@ def install(app: Flask, svc: Services) -> None:
             outcome = "success" if resp.status_code < 400 else (
                 "denied" if resp.status_code in (401, 403) else "error")
             try:
-                svc.audit.append(audit_entry(action, _target(), outcome, resp.status_code))
+                svc.audit.record(action, (g.get("actor_id"), g.get("actor_name")), _target(),
+                                 outcome, resp.status_code,
+                                 request.environ.get("tagwarden.request_id"))
             except Exception:  # noqa: BLE001 - logged; the call itself already happened
                 log.exception("could not write audit entry for %s", action)
         if resp.mimetype == "text/html":

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis
 from rq import Queue
@@ -44,7 +43,6 @@ class Services:
     audit: AuditStore
     scans: ScanStore
     vulndb: VulnDB
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -11,8 +11,4 @@ from service.services import Services
 @functools.cache
 def services() -> Services:
     """Per-process services for jobs (same stores and registry client as the gateway)."""
-    svc = Services.build(Settings.from_env())
-    from service.wiring import wire
-
-    wire(svc)
-    return svc
+    return Services.build(Settings.from_env())

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from service import drift, governance, metrics
-from service.domain.tags import matches_any
+from service.domain.policy import is_immutable
 from service.registry.client import MANIFEST_TYPES
 from service.services import Services
 from workers.context import services
@@ -76,15 +76,13 @@ def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
     elif tag:
         with svc.tags.lock(repository, tag):
             known = svc.tags.get(repository, tag)
-            immutable = matches_any(tag, policy.push.immutable, policy.environments)
-            if immutable and known is not None and known != digest:
+            if is_immutable(policy, tag) and known is not None and known != digest:
                 found = _settled(svc, repository, tag, digest)
                 drift.check_tag(svc, repository, tag, known, found, "immutable")
             else:
                 svc.tags.set(repository, tag, digest)
-    scan = svc.extra.get("scan_on_push")
-    if scan is not None and policy.scan_on_push:
-        scan(repository, digest)
+    if tag:  # an index's children arrive untagged: the tagged index covers them
+        governance.scan_after_push(svc, repository, digest)
 
 
 def check_environment_tag(svc: Services, repository: str, tag: str, digest: str) -> None:

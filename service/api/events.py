@@ -6,10 +6,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app, g, request
+from flask import g, request
 from flask_smorest import Blueprint
 
 from service import jobs, webhooks
+from service.api import svc
 from service.domain.durations import format_time
 from service.domain.errors import NotFound
 from service.outbound import check_url
@@ -24,15 +25,10 @@ from service.schemas.events import (
     SubscriptionSchema,
     WebhookResultSchema,
 )
-from service.services import Services
 
 blp = Blueprint("events", __name__, url_prefix="/api/v1",
                 description="Registry events, subscriptions and deliveries")
 
-
-def svc() -> Services:
-    """The process's services."""
-    return current_app.extensions["tagwarden"]
 
 
 @blp.route("/webhooks/registry", methods=["POST"])

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from service import governance
+from service.api import svc
 from service.domain.errors import InvalidRequest, NotFound
 from service.domain.policy import DEFAULT_POLICY, Policy
 from service.schemas.common import DecisionSchema, StrictSchema, page_of
 from service.schemas.policy import PolicySchema
-from service.services import Services
 
 blp = Blueprint("policies", __name__, url_prefix="/api/v1/policies",
                 description="Tag and promotion policies")
 
-
-def svc() -> Services:
-    """The process's services."""
-    return current_app.extensions["tagwarden"]
 
 
 class EvaluateSchema(StrictSchema):

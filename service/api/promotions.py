@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, g, request
+from flask import g, request
 from flask_smorest import Blueprint
 
 from service import history, promotions
+from service.api import svc
 from service.domain.errors import InvalidRequest, NotFound
 from service.schemas.promotions import (
     EnvironmentsQueryArgsSchema,
@@ -18,16 +19,11 @@ from service.schemas.promotions import (
     PromotionSchema,
     RollbackRequestSchema,
 )
-from service.services import Services
 
 blp = Blueprint("promotions", __name__, url_prefix="/api/v1",
                 description="Promotions, rollbacks, history and environments")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
-
-def svc() -> Services:
-    """The process's services."""
-    return current_app.extensions["tagwarden"]
 
 
 def idempotency_key() -> str | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, g
+from flask import g
 from flask_smorest import Blueprint
 
 from service import scans
+from service.api import svc
 from service.domain.errors import Conflict, NotFound
 from service.schemas.scans import (
     ScanPageSchema,
@@ -16,14 +17,9 @@ from service.schemas.scans import (
     ScanSchema,
     VulnDBSchema,
 )
-from service.services import Services
 
 blp = Blueprint("scans", __name__, url_prefix="/api/v1", description="Scans and SBOMs")
 
-
-def svc() -> Services:
-    """The process's services."""
-    return current_app.extensions["tagwarden"]
 
 
 @blp.route("/scans", methods=["POST"])

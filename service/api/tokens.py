@@ -7,9 +7,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app, g
+from flask import g
 from flask_smorest import Blueprint
 
+from service.api import svc
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest, NotFound
 from service.schemas.tokens import (
@@ -19,15 +20,10 @@ from service.schemas.tokens import (
     TokenPageSchema,
     TokenSchema,
 )
-from service.services import Services
 
 blp = Blueprint("tokens", __name__, url_prefix="/api/v1", description="Tokens and audit")
 TOKEN_PREFIX = "tw_"
 
-
-def svc() -> Services:
-    """The process's services."""
-    return current_app.extensions["tagwarden"]
 
 
 def _public(meta: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,13 @@ class PolicyDenied(DomainError):
 
 
 class RegistryUnavailable(DomainError):
+    """502 when the registry answered wrongly, 503 when it could not be reached at all."""
+
     code = "registry_unavailable"
+
+    def __init__(self, message: str, reachable: bool = True) -> None:
+        super().__init__(message)
+        self.status = 502 if reachable else 503
 
 
 class StoreUnavailable(DomainError):

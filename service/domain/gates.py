@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -66,6 +66,14 @@ def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
 
 
 _Found = Iterable[tuple[str, str]]
+
+
+def evaluate_rollback(policy: Policy, ctx: PromotionContext) -> Decision:
+    """Decide a rollback: the promotion gates without soak and scan (the emergency exit)."""
+    gate = policy.gate(ctx.environment)
+    relaxed = replace(gate, scan=None, soak_seconds=0)
+    return evaluate_promotion(replace(policy, promotion={**policy.promotion,
+                                                         ctx.environment: relaxed}), ctx)
 
 
 def _check_from(gate: Gate, ctx: PromotionContext) -> _Found:

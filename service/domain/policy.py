@@ -127,6 +127,13 @@ def _matching(specs: Sequence[str], tag: str, environments: Sequence[str]) -> li
     return [spec for spec in specs if compile_matcher(spec)(tag, environments)]
 
 
+def is_immutable(policy: Policy, tag: str) -> bool:
+    """Whether a tag is in one of the policy's immutable classes (environment tags are not:
+    they move, through the promotion API)."""
+    return tag not in policy.environments and bool(
+        _matching(policy.push.immutable, tag, policy.environments))
+
+
 def evaluate_push(
     policy: Policy, repository: str, tag: str, digest: str, current_digest: str | None
 ) -> Decision:

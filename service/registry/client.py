@@ -13,7 +13,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util.retry import Retry
 
-from service.domain.errors import NotFound, RegistryUnavailable
+from service.domain.errors import RegistryUnavailable
 from service.logs import current_request_id
 
 MANIFEST_TYPES = (
@@ -107,7 +107,8 @@ class RegistryClient:
                 timeout=timeout or self.timeout,
             )
         except Urllib3Error as exc:
-            raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from None
+            raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}",
+                                      reachable=False) from None
 
     def _read(self, method: str, path: str, headers: dict[str, str] | None = None
               ) -> urllib3.BaseHTTPResponse:
@@ -182,13 +183,6 @@ class RegistryClient:
             return None
         self._raise_for(resp, "GET tags")
         return list(json.loads(resp.data).get("tags") or [])
-
-    def require_manifest(self, repository: str, reference: str) -> Manifest:
-        """Like get_manifest, but NotFound naming the reference when absent."""
-        manifest = self.get_manifest(repository, reference)
-        if manifest is None:
-            raise NotFound(f"manifest {repository}:{reference} not found in the registry")
-        return manifest
 
     @staticmethod
     def _raise_for(resp: urllib3.BaseHTTPResponse, what: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from marshmallow import RAISE, Schema, fields, validate
 
 
@@ -53,3 +56,23 @@ def page_of(item_schema: type[Schema], name: str) -> type[Schema]:
         },
         name=name,
     )
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested messages as `{"promotion.production.scan.max_severity": [...]}`."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            if key == "_schema" and prefix:
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            for field, texts in flatten_errors(value, path).items():
+                out.setdefault(field, []).extend(texts)
+    elif isinstance(messages, list | tuple):
+        for item in messages:
+            for field, texts in flatten_errors(item, prefix).items():
+                out.setdefault(field, []).extend(texts)
+    else:
+        out.setdefault(prefix or "_schema", []).append(str(messages))
+    return out

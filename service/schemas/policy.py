@@ -35,6 +35,7 @@ from service.domain.policy_model import (
     ScanGate,
 )
 from service.domain.tags import ENVIRONMENT, LATEST, is_git_sha, is_semver, validate_spec
+from service.schemas.common import flatten_errors
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _NAME_RULE = "1-63 of a-z 0-9 . _ - starting with a letter or digit"
@@ -318,26 +319,6 @@ def _gate_order_errors(env: str, gate: Mapping, envs: list[str]) -> dict[str, li
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
-    """marshmallow's nested messages as `{"promotion.production.scan.max_severity": [...]}`."""
-    out: dict[str, list[str]] = {}
-    if isinstance(messages, Mapping):
-        for key, value in messages.items():
-            if key == "_schema" and prefix:
-                path = prefix
-            else:
-                path = f"{prefix}.{key}" if prefix else str(key)
-            for field, texts in flatten_errors(value, path).items():
-                out.setdefault(field, []).extend(texts)
-    elif isinstance(messages, list | tuple):
-        for item in messages:
-            for field, texts in flatten_errors(item, prefix).items():
-                out.setdefault(field, []).extend(texts)
-    else:
-        out.setdefault(prefix or "_schema", []).append(str(messages))
-    return out
 
 
 def load_policy(data: Any) -> Policy:

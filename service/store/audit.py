@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
+from service.domain.durations import format_time
 from service.store import key
 from service.store.pagination import page
 
@@ -19,8 +22,16 @@ class AuditStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
-    def append(self, entry: dict[str, Any]) -> None:
-        """Record one entry."""
+    def record(self, action: str, actor: tuple[str | None, str | None],
+               target: dict[str, Any], outcome: str, status: int,
+               request_id: str | None) -> None:
+        """Append one entry: actor is (token id, token name); never a secret, no bodies."""
+        entry = {
+            "id": uuid.uuid4().hex, "time": format_time(datetime.now(UTC)), "action": action,
+            "actor": {"id": actor[0], "name": actor[1]}, "target": target,
+            "outcome": outcome, "status": status, "repository": target.get("repository"),
+            "request_id": request_id,
+        }
         self.r.xadd(key("audit"), {"d": json.dumps(entry, separators=(",", ":"))},
                     maxlen=MAXLEN, approximate=True)
 

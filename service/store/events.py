@@ -11,7 +11,6 @@ from service.store import key
 from service.store.pagination import page
 
 MAXLEN = 1_000_000
-DEDUPE_TTL = 7 * 24 * 3600
 
 
 def serialize(event: dict[str, Any]) -> str:
@@ -41,10 +40,6 @@ class EventStore:
             target.xadd(stream, {"d": data}, maxlen=MAXLEN, approximate=True)
         if pipe is None:
             target.execute()
-
-    def claim_id(self, event_id: str) -> bool:
-        """True the first time an event id is seen (dedupe of at-least-once deliveries)."""
-        return bool(self.r.set(key("event-seen", event_id), "1", nx=True, ex=DEDUPE_TTL))
 
     def list(
         self, repository: str | None, action: str | None, limit: int, cursor: str | None

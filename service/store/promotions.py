@@ -186,10 +186,6 @@ class PromotionStore:
             raise Conflict("a request with this Idempotency-Key is still in progress")
         return stored
 
-    def finish_idempotent(self, idem_key: str, value: dict[str, Any]) -> None:
-        """Store the answer of a request that completed without the commit script."""
-        self.r.set(key("idem", idem_key), json.dumps(value), ex=IDEMPOTENCY_TTL)
-
     def release_idempotent(self, idem_key: str) -> None:
         """Free a key whose request failed (a retry may run it again)."""
         self.r.delete(key("idem", idem_key))

@@ -25,13 +25,6 @@ class TagMap:
         """Drop a tag (deleted in the registry)."""
         self.r.hdel(key("tags", repository), tag)
 
-    def forget_digest(self, repository: str, digest: str) -> list[str]:
-        """Drop every tag recorded on a digest (a manifest delete); returns them."""
-        tags = [t for t, d in self.r.hgetall(key("tags", repository)).items() if d == digest]
-        if tags:
-            self.r.hdel(key("tags", repository), *tags)
-        return tags
-
     def all(self, repository: str) -> dict[str, str]:
         """Every recorded tag of a repository."""
         return self.r.hgetall(key("tags", repository))

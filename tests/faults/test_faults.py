@@ -177,6 +177,7 @@ def test_redis_killed_during_a_burst_of_promotions(tmp_path: Path):
         from workers.context import services
 
         os.environ.update(stack.env)
+        os.environ["TAGWARDEN_QUEUE"] = "fault-repair"  # run here, not by the stack's worker
         try:
             services.cache_clear()
             svc = Services.build(Settings.from_env())
@@ -331,20 +332,8 @@ def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
             return local.s.post(url, data=json.dumps({"events": [event]}), headers=headers,
                                 timeout=30).status_code
 
-        peak = [before]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], stack.gateway.rss())
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        with ThreadPoolExecutor(max_workers=16) as pool:
+        with procs.PeakRss(stack.gateway.pid) as peak, ThreadPoolExecutor(max_workers=16) as pool:
             statuses = list(pool.map(send, envelopes))
-        stop.set()
-        sampler.join()
         assert statuses.count(200) == len(envelopes)
         client = stack.redis_client()
         events = EventStore(client)
@@ -358,7 +347,7 @@ def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
         assert len(recorded_ids) == len(set(recorded_ids)) == len(unique)
         assert set(recorded_ids) == {e["id"] for e in unique}
         assert events.counters().get("webhook.malformed") == len(malformed)
-        growth = peak[0] - before
+        growth = peak.peak - before
         assert growth < 64 * 1024 * 1024, growth
         report("webhook storm", sent=len(envelopes), acknowledged=statuses.count(200),
                recorded=len(recorded_ids), duplicates_dropped=len(duplicates),

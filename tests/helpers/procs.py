@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -15,10 +16,9 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from service.registry.config import render_registry_config
 
-from service.registry.config import render_registry_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 WEBHOOK_TOKEN = "test-webhook-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -114,9 +114,8 @@ class Proc:
     def rss(self) -> int:
         """Resident memory of the process and all its children, in bytes."""
         assert self.proc is not None
-        root = psutil.Process(self.proc.pid)
         total = 0
-        for p in [root, *root.children(recursive=True)]:
+        for p in tree(self.proc.pid):
             try:
                 total += p.memory_info().rss
             except psutil.NoSuchProcess:
@@ -216,3 +215,52 @@ def raw_request(port: int, head: str, body_prefix: bytes = b"", timeout: float =
                 break
             rest += chunk
         return status, rest
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+class PeakRss:
+    """Samples a process tree's RSS every 20 ms in a background thread; keeps the peak. The
+    list of processes is refreshed every 0.5 s only (walking /proc costs CPU the servers
+    being measured would miss)."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        procs_: list[psutil.Process] = []
+        refreshed = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - refreshed > 0.5:
+                procs_ = tree(self.pid)
+                refreshed = now
+            total = 0
+            for p in procs_:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    refreshed = 0.0
+            self.peak = max(self.peak, total)
+            self.samples += 1
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -96,6 +96,9 @@ def test_crash_between_registry_and_redis_is_repaired_by_reconciliation(
 
     for name, value in stack.env.items():
         monkeypatch.setenv(name, value)
+    # a queue the stack's own worker does not serve: the pass below runs here, to the end
+    monkeypatch.setenv("TAGWARDEN_QUEUE", "crash-repair")
+    svc = Services.build(Settings.from_env())
     from workers.context import services
 
     services.cache_clear()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 
+from tests.helpers.procs import PeakRss
 from tests.integration.conftest import V2, Stack
 
 MIB = 1024 * 1024
@@ -25,29 +24,6 @@ def _chunks(seed: bytes, total: int, digest: hashlib._Hash):
         yield chunk
 
 
-class PeakRss:
-    """Samples the gateway's RSS (master + workers) every 20 ms."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.stack.gateway.rss())
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def test_large_blob_streams_with_flat_gateway_memory(stack: Stack):
     # warm up: imports, pools and threads exist before the baseline is taken
     V2.get(f"{stack.gw_url}/v2/", timeout=10)
@@ -55,7 +31,7 @@ def test_large_blob_streams_with_flat_gateway_memory(stack: Stack):
     upload = V2.post(f"{stack.gw_url}/v2/team/big/blobs/uploads/", timeout=10)
     assert upload.status_code == 202
     digest = hashlib.sha256()
-    with PeakRss(stack) as push_peak:
+    with PeakRss(stack.gateway.pid) as push_peak:
         patched = V2.patch(upload.headers["Location"],
                                  data=_chunks(b"big", SIZE, digest), timeout=300)
         assert patched.status_code == 202, patched.text
@@ -65,7 +41,7 @@ def test_large_blob_streams_with_flat_gateway_memory(stack: Stack):
 
     received = hashlib.sha256()
     size = 0
-    with PeakRss(stack) as pull_peak:
+    with PeakRss(stack.gateway.pid) as pull_peak:
         with V2.get(f"{stack.gw_url}/v2/team/big/blobs/{ref}", stream=True,
                           timeout=300) as resp:
             assert resp.status_code == 200

@@ -44,8 +44,9 @@ def test_latest_allowed_environment_tag_refused_with_message(stack: Stack, tmp_p
     events = stack.admin().get(f"{stack.gw_url}/api/v1/events",
                                params={"repository": "pol/app", "action": "push.denied"},
                                timeout=10)
-    if events.status_code == 200:  # the events API arrives with the webhooks issue
-        assert events.json()["items"][0]["tag"] == "production"
+    assert events.status_code == 200
+    denied = events.json()["items"][0]
+    assert (denied["tag"], denied["violations"][0]["rule"]) == ("production", "push.reserved")
 
 
 def test_release_tags_are_immutable_but_same_digest_repush_succeeds(stack: Stack, tmp_path: Path):

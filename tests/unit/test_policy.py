@@ -459,3 +459,26 @@ def test_parse_duration_rejects(text):
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+def test_rollback_skips_soak_and_scan_but_keeps_the_other_gates():
+    from service.domain.gates import evaluate_rollback
+
+    rushed = ctx(scan=None, history_first_seen={"develop": NOW, "staging": NOW})
+    assert rules(evaluate_promotion(TEAM, rushed)) == ["promotion.scan_required",
+                                                      "promotion.soak"]
+    assert rules(evaluate_rollback(TEAM, rushed)) == []
+    assert rules(evaluate_rollback(TEAM, ctx(history_first_seen={}))) == ["promotion.from"]
+    frozen = ctx(now=datetime(2026, 12, 25, tzinfo=UTC), scan=None)
+    assert rules(evaluate_rollback(TEAM, frozen)) == ["promotion.freeze"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "immutable"),
+    [("v1.2.3", True), ("git-sha-abcdef1", True), ("latest", False), ("pr-7", False),
+     ("production", False)],
+)
+def test_is_immutable(tag, immutable):
+    from service.domain.policy import is_immutable
+
+    assert is_immutable(TEAM, tag) is immutable
