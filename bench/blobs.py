@@ -61,19 +61,29 @@ def _cpu_note(meters: list[CpuMeter], size: int) -> dict[str, float]:
     return out
 
 
-def _cpu_line(per_gib: dict[str, dict[str, float]]) -> str:
-    d, g = per_gib.get("direct", {}), per_gib.get("gateway", {})
+def _cpu_line(per_gib: dict[str, dict[str, float]], via: str = "gateway") -> str:
+    d, g = per_gib.get("direct", {}), per_gib.get(via, {})
+    hop = (f"nginx {g.get('nginx', 0):.2f} + gateway {g.get('gateway', 0):.2f}"
+           if via == "front" else f"gateway {g.get('gateway', 0):.2f}")
     return (f"CPU s per GiB moved: direct = bare registry {d.get('bare_registry', 0):.2f} + "
-            f"client {d.get('client', 0):.2f}; via gateway = gateway {g.get('gateway', 0):.2f}"
+            f"client {d.get('client', 0):.2f}; via {VIA[via]} = {hop}"
             f" + registry {g.get('registry', 0):.2f} + client {g.get('client', 0):.2f}")
 
 
-def pull_single(stack: BenchStack, cfg: Config, blobs: Blobs) -> Row:
+# How the gateway side of a pull benchmark is deployed: the default (the gateway streams the
+# bytes itself), or the front-proxy deployment (nginx from `tagwarden nginx-config`: the
+# gateway authorizes each blob GET, nginx sends the file from the registry's storage).
+VIA = {"gateway": "gateway", "front": "nginx front proxy + gateway"}
+SUFFIX = {"gateway": "", "front": "_front"}
+TITLE = {"gateway": "", "front": ", front-proxy deployment (nginx serves authorized blobs)"}
+
+
+def pull_single(stack: BenchStack, cfg: Config, blobs: Blobs, via: str = "gateway") -> Row:
     """One client, one 512 MiB blob, read with 1 MiB recv_into."""
     digest = blobs.big()
     size = cfg.pull_size
     path = f"/v2/{REPO}/blobs/{digest}"
-    meters: dict[str, list[CpuMeter]] = {"direct": [], "gateway": []}
+    meters: dict[str, list[CpuMeter]] = {"direct": [], via: []}
     peaks: list[int] = []
 
     repeat = cfg.pull_repeat
@@ -88,26 +98,27 @@ def pull_single(stack: BenchStack, cfg: Config, blobs: Blobs) -> Row:
                     raise RuntimeError(f"{mode} pull got {got} bytes, expected {size}")
         http_.close()
         meters[mode].append(meter)
-        if mode == "gateway":
+        if mode != "direct":
             peaks.append(peak.peak - base)
         return repeat * size / MIB / meter.wall
 
-    res = rounds(stack, cfg, "blob_pull_single", run)
-    ratio = ratios(res["gateway"], res["direct"])
+    name = "blob_pull_single" + SUFFIX[via]
+    res = rounds(stack, cfg, name, run, modes=("direct", via))
+    ratio = ratios(res[via], res["direct"])
     rs = summary(ratio)
-    row = Row("blob_pull_single", f"blob pull, {_mib(size)}, single stream",
+    row = Row(name, f"blob pull, {_mib(size)}, single stream{TITLE[via]}",
               "direct registry", "MiB/s", "≥ 0.95 of direct",
-              baseline=summary(res["direct"]), gateway=summary(res["gateway"]),
+              baseline=summary(res["direct"]), gateway=summary(res[via]),
               headline=f"{rs['median']:.3f} [{rs['min']:.3f}–{rs['max']:.3f}] of direct",
               headline_value=rs["median"], headline_spread=(rs["min"], rs["max"]),
               met=rs["median"] >= 0.95)
     row.detail = {"ratios": ratio, "direct_rounds": res["direct"],
-                  "gateway_rounds": res["gateway"],
+                  "gateway_rounds": res[via],
                   "cpu_s_per_gib": {m: _cpu_note(v, size * repeat) for m, v in meters.items()},
                   "gateway_rss_growth_mib": [round(p / MIB, 1) for p in peaks]}
     row.notes.append(f"each phase pulls the blob {repeat}× back to back; the client reads "
                      "with 1 MiB recv_into and shares the 2 cores with registry and gateway")
-    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"]))
+    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"], via))
     return annotate(row, res)
 
 
@@ -142,11 +153,11 @@ def _concurrent(stack: BenchStack, mode: str, digests: list[str], size: int) -> 
     return len(digests) * size / MIB / wall
 
 
-def pull_concurrent(stack: BenchStack, cfg: Config, blobs: Blobs) -> Row:
+def pull_concurrent(stack: BenchStack, cfg: Config, blobs: Blobs, via: str = "gateway") -> Row:
     """16 clients pulling 16 different 64 MiB blobs at once."""
     digests = blobs.streams()
     size = cfg.stream_size
-    meters: dict[str, list[CpuMeter]] = {"direct": [], "gateway": []}
+    meters: dict[str, list[CpuMeter]] = {"direct": [], via: []}
     peaks: list[int] = []
 
     def run(mode: str, r: int) -> float:
@@ -154,26 +165,27 @@ def pull_concurrent(stack: BenchStack, cfg: Config, blobs: Blobs) -> Row:
         with PeakRss(stack.gateway.pid) as peak, CpuMeter(stack) as meter:
             rate = _concurrent(stack, mode, digests, size)
         meters[mode].append(meter)
-        if mode == "gateway":
+        if mode != "direct":
             peaks.append(peak.peak - base)
         return rate
 
-    res = rounds(stack, cfg, "blob_pull_concurrent", run)
-    ratio = ratios(res["gateway"], res["direct"])
+    name = "blob_pull_concurrent" + SUFFIX[via]
+    res = rounds(stack, cfg, name, run, modes=("direct", via))
+    ratio = ratios(res[via], res["direct"])
     rs = summary(ratio)
-    row = Row("blob_pull_concurrent",
-              f"blob pull, {cfg.streams} concurrent streams of {_mib(size)}",
+    row = Row(name,
+              f"blob pull, {cfg.streams} concurrent streams of {_mib(size)}{TITLE[via]}",
               "direct registry", "MiB/s", "≥ 0.90 of direct",
-              baseline=summary(res["direct"]), gateway=summary(res["gateway"]),
+              baseline=summary(res["direct"]), gateway=summary(res[via]),
               headline=f"{rs['median']:.3f} [{rs['min']:.3f}–{rs['max']:.3f}] of direct",
               headline_value=rs["median"], headline_spread=(rs["min"], rs["max"]),
               met=rs["median"] >= 0.90)
     row.detail = {"ratios": ratio, "direct_rounds": res["direct"],
-                  "gateway_rounds": res["gateway"],
+                  "gateway_rounds": res[via],
                   "cpu_s_per_gib": {m: _cpu_note(v, size * len(digests))
                                     for m, v in meters.items()},
                   "gateway_rss_growth_mib": [round(p / MIB, 1) for p in peaks]}
-    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"]))
+    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"], via))
     return annotate(row, res)
 
 

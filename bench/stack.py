@@ -26,6 +26,8 @@ BENCH_ENV = {
     "TAGWARDEN_RATE_LIMIT": "100000000/minute",
     "TAGWARDEN_LOG_FORMAT": "json",  # the production default (procs picks text for tests)
     "TAGWARDEN_OUTBOUND_ALLOWLIST": "127.0.0.1",
+    # the front-proxy deployment's setting; it only changes requests that come through nginx
+    "TAGWARDEN_BLOB_ACCEL_PATH": procs.ACCEL_PATH,
 }
 
 
@@ -95,6 +97,9 @@ class BenchStack:
     # a second gateway whose upstream is the bare registry: the gateway's own cost without
     # the registry→gateway→worker notification traffic (a diagnostic, started on demand)
     gateway_quiet: procs.Proc | None = None
+    # nginx from `tagwarden nginx-config` in front of the gateway (the front-proxy
+    # deployment: blob GETs authorized by the gateway, served by nginx; started on demand)
+    front: procs.Proc | None = None
 
     # -- addresses and clients --------------------------------------------------------------
     @property
@@ -107,12 +112,22 @@ class BenchStack:
         return self.gateway.port
 
     def port(self, mode: str) -> int:
-        """The port of `direct` (the bare registry), `gateway`, or `gateway-quiet`."""
+        """The port of `direct` (the bare registry), `gateway`, `gateway-quiet`, or `front`."""
         if mode == "direct":
             return self.reg_port
         if mode == "gateway-quiet":
             return self.quiet_gateway().port
+        if mode == "front":
+            return self.front_proxy().port
         return self.gw_port
+
+    def front_proxy(self) -> procs.Proc:
+        """Start (once) nginx in front of the gateway, configured as `tagwarden nginx-config`
+        renders it, reading the deployed registry's storage."""
+        if self.front is None:
+            self.front = procs.nginx_server(self.workdir / "nginx", self.gateway.port,
+                                            self.workdir / "registry" / "data")
+        return self.front
 
     def quiet_gateway(self) -> procs.Proc:
         """Start (once) a second gateway in front of the bare registry, so nothing notifies
@@ -156,6 +171,8 @@ class BenchStack:
             out["worker"] = self.worker.pid
         if self.gateway_quiet is not None:
             out["gateway_quiet"] = self.gateway_quiet.pid
+        if self.front is not None:
+            out["nginx"] = self.front.pid
         return out
 
     def gateway_rss(self) -> int:
@@ -192,8 +209,8 @@ class BenchStack:
         return time.monotonic() - started
 
     def stop(self) -> None:
-        for proc in (self.worker, self.gateway_quiet, self.gateway, self.registry, self.bare,
-                     self.redis_proc):
+        for proc in (self.front, self.worker, self.gateway_quiet, self.gateway, self.registry,
+                     self.bare, self.redis_proc):
             if proc is not None:
                 proc.stop()
         if not self.keep:

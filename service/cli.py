@@ -48,6 +48,26 @@ def cmd_registry_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nginx_config(args: argparse.Namespace) -> int:
+    """Write the front proxy's nginx.conf (blob GETs served by nginx after the gateway's
+    authorization; run the gateway with TAGWARDEN_BLOB_ACCEL_PATH set to --accel-path)."""
+    from service.registry.config import render_nginx_config
+
+    try:
+        text = render_nginx_config(listen=args.listen, gateway=args.gateway,
+                                   storage=args.storage, run_dir=args.run_dir,
+                                   accel_path=args.accel_path)
+    except ValueError as exc:
+        print(f"tagwarden nginx-config: {exc}", file=sys.stderr)
+        return 2
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return 0
+
+
 # -- CI subcommands: promote, rollback, history, status (HTTP API via service.client) ---------
 DEFAULT_URL = "http://127.0.0.1:8080"
 DIGEST_SHORT = 19  # "sha256:" and 12 hex digits
@@ -407,6 +427,17 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--addr", default="0.0.0.0:5000")
     reg.add_argument("--webhook-url", default="http://gateway:8080/api/v1/webhooks/registry")
     reg.add_argument("--out", default="-")
+    ngx = sub.add_parser("nginx-config", help="render nginx.conf for the front-proxy deployment "
+                         "(blob GETs served by nginx after the gateway authorized them)")
+    ngx.add_argument("--listen", default="0.0.0.0:80", help="address nginx listens on")
+    ngx.add_argument("--gateway", default="127.0.0.1:8080", help="the gateway's host:port")
+    ngx.add_argument("--storage", default="/var/lib/registry",
+                     help="the registry's filesystem storage root (rootdirectory)")
+    ngx.add_argument("--run-dir", default="/var/lib/tagwarden-nginx",
+                     help="pid file, error log and temp files")
+    ngx.add_argument("--accel-path", default="/_tagwarden/blobs/",
+                     help="internal location; the gateway's TAGWARDEN_BLOB_ACCEL_PATH")
+    ngx.add_argument("--out", default="-")
     spec = sub.add_parser("openapi", help="write openapi.yaml from the routes and schemas")
     spec.add_argument("--out", default="openapi.yaml", help="file to write (- for stdout)")
     vulndb = sub.add_parser("vulndb", help="manage the offline vulnerability database")
@@ -451,6 +482,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dev": cmd_dev,
     "worker": cmd_worker,
     "registry-config": cmd_registry_config,
+    "nginx-config": cmd_nginx_config,
     "promote": cmd_promote,
     "rollback": cmd_rollback,
     "history": cmd_history,

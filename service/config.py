@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ class Settings:
     scanner_mode: str = "builtin"
     scanner_registry_url: str = ""
     trust_forwarded: bool = False
+    # front-proxy deployment: answer blob GETs with X-Accel-Redirect to this internal location
+    blob_accel_path: str = ""
     reconcile_interval: int = 60
     worker_maintenance_interval: int = 60
     job_monitoring_interval: int = 10
@@ -184,6 +187,11 @@ class Settings:
                 _int("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE", v, 0, 600))
         if (v := get("TAGWARDEN_TRUST_FORWARDED")) is not None:
             values["trust_forwarded"] = _bool("TAGWARDEN_TRUST_FORWARDED", v)
+        if (v := get("TAGWARDEN_BLOB_ACCEL_PATH")) is not None and v:
+            if not re.fullmatch(r"/[A-Za-z0-9_/-]*/", v) or "//" in v:
+                raise ConfigError(f"TAGWARDEN_BLOB_ACCEL_PATH={v!r} must be a path such as "
+                                  "/_tagwarden/blobs/ (letters, digits, - _ /, ending in /)")
+            values["blob_accel_path"] = v
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
         if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:

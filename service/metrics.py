@@ -47,6 +47,9 @@ LATENCY = Histogram("tagwarden_http_request_duration_seconds",
 PROXY_BYTES = Counter("tagwarden_proxy_bytes_total",
                       "Bytes through the /v2 proxy: in from clients, out to clients",
                       ["direction"])
+ACCEL_BLOBS = Counter("tagwarden_proxy_blob_redirects_total",
+                      "Blob GETs authorized by the gateway and handed to the front proxy "
+                      "(X-Accel-Redirect); their bytes are not in tagwarden_proxy_bytes_total")
 DECISIONS = Counter("tagwarden_policy_decisions_total",
                     "Policy decisions on pushes, deletes, promotions and rollbacks: one "
                     "'allowed' per allowed decision, one 'denied' per violated rule",
@@ -114,6 +117,11 @@ def webhook(accepted: int, duplicates: int, malformed: int) -> None:
         WEBHOOK_DUPLICATES.inc(duplicates)
     if malformed:
         WEBHOOK_MALFORMED.inc(malformed)
+
+
+def accel_blob() -> None:
+    """Count a blob GET handed to the front proxy."""
+    ACCEL_BLOBS.inc()
 
 
 def webhook_failed(count: int = 1) -> None:

@@ -40,10 +40,14 @@ HOP_BY_HOP = frozenset(
     )
 )
 # Headers the gateway sets itself (or must not forward upstream).
-REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "expect"}
+REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "expect",
+                             "x-tagwarden-blob-accel"}
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# Set by the front proxy's config (nginx.conf.tmpl): only requests that came through it, and
+# so will have the X-Accel-Redirect acted on, are answered that way; others are streamed.
+ACCEL_HEADER = "X-Tagwarden-Blob-Accel"
 
 
 def registry_error(status: int, code: str, message: str, detail: Any = None) -> Response:
@@ -162,6 +166,31 @@ def forward(path: str) -> Response:
         request.method, target, headers=headers, body=body, chunked=chunked
     )
     return relay(upstream, origin, head=request.method == "HEAD")
+
+
+def accel_blob(path: str, name: str, digest: str) -> Response:
+    """Front-proxy mode: authorize a blob GET here, let nginx send the bytes.
+
+    The registry is asked (HEAD) whether the blob exists *in this repository*; if it does,
+    the answer is an empty 200 carrying `X-Accel-Redirect` to the internal location that
+    maps onto the registry's filesystem storage, and the front proxy serves the file
+    (sendfile, Range included). Anything else is proxied as usual, so errors keep the
+    registry's own envelope."""
+    headers = {k: v for k, v in upstream_headers(public_origin()).items()
+               if k.lower() not in ("range", "if-range")}  # nginx applies the Range
+    upstream = _client().request("HEAD", f"/v2/{name}/blobs/{digest}", headers=headers,
+                                 stream=False)
+    if upstream.status != 200:
+        return forward(path)
+    hex_digest = digest.partition(":")[2]
+    resp = Response(status=200)
+    resp.headers.clear()
+    resp.headers["X-Accel-Redirect"] = (
+        f"{_services().settings.blob_accel_path}sha256/{hex_digest[:2]}/{hex_digest}/data")
+    resp.headers["Docker-Content-Digest"] = digest
+    resp.headers[API_VERSION[0]] = API_VERSION[1]
+    metrics.accel_blob()
+    return resp
 
 
 def tags_list(name: str) -> Response:
@@ -314,6 +343,9 @@ def v2(path: str) -> Response:
     route = g.get("v2_route") or routes.parse(path)  # refuses `..`, bad names and refs
     if request.method == "GET" and route.kind == "tags":
         return tags_list(route.name)
+    if (request.method == "GET" and route.kind == "blob" and _services().settings.blob_accel_path
+            and request.headers.get(ACCEL_HEADER) == _services().settings.blob_accel_path):
+        return accel_blob(path, route.name, route.ref)
     if request.method in ("PUT", "DELETE") and route.kind == "manifest":
         if request.method == "PUT":
             return put_manifest(route.name, route.ref)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from service.registry.config import render_registry_config
+from service.registry.config import render_nginx_config, render_registry_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,6 +153,25 @@ def registry_server(workdir: Path, webhook_url: str, *, port: int | None = None)
     proc = Proc("registry", argv, dict(os.environ), workdir / "registry.log", port).start()
     wait_http(f"http://127.0.0.1:{port}/v2/")
     return proc
+
+
+ACCEL_PATH = "/_tagwarden/blobs/"
+
+
+def nginx_server(workdir: Path, gateway_port: int, storage: Path) -> Proc:
+    """nginx in front of a gateway, from `tagwarden nginx-config`'s template (front-proxy
+    deployment: blob GETs served from the registry's storage after the gateway's yes)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    text = render_nginx_config(listen=f"127.0.0.1:{port}", gateway=f"127.0.0.1:{gateway_port}",
+                               storage=str(storage), run_dir=str(workdir), accel_path=ACCEL_PATH)
+    if os.geteuid() == 0:  # workers would drop to nobody, who cannot read the test's tmp dirs
+        text = "user root;\n" + text
+    config = workdir / "nginx.conf"
+    config.write_text(text)
+    argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(config), "-p", str(workdir),
+            "-g", "daemon off;"]
+    return Proc("nginx", argv, dict(os.environ), workdir / "nginx.log", port).start()
 
 
 def gateway_env(redis_port: int, registry_port: int, **extra: str) -> dict[str, str]:

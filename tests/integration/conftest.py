@@ -62,7 +62,9 @@ class Stack:
 
 
 TEST_ENV = {"TAGWARDEN_OUTBOUND_ALLOWLIST": "127.0.0.1", "TAGWARDEN_DELIVERY_BACKOFF": "1",
-            "TAGWARDEN_DELIVERY_TIMEOUT": "2"}
+            "TAGWARDEN_DELIVERY_TIMEOUT": "2",
+            # on, as in the front-proxy deployment: only requests through nginx are affected
+            "TAGWARDEN_BLOB_ACCEL_PATH": procs.ACCEL_PATH}
 
 
 def start_stack(workdir: Path, worker: bool = True, fsync: str = "everysec",

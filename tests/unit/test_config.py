@@ -45,6 +45,10 @@ def test_values_are_read_and_normalised(tmp_path):
         ("TAGWARDEN_PROXY_CHUNK_SIZE", "10", "TAGWARDEN_PROXY_CHUNK_SIZE"),
         ("TAGWARDEN_LOG_FORMAT", "xml", "TAGWARDEN_LOG_FORMAT"),
         ("TAGWARDEN_QUEUE", "a b", "TAGWARDEN_QUEUE"),
+        ("TAGWARDEN_BLOB_ACCEL_PATH", "_tagwarden/blobs/", "TAGWARDEN_BLOB_ACCEL_PATH"),
+        ("TAGWARDEN_BLOB_ACCEL_PATH", "/blobs", "TAGWARDEN_BLOB_ACCEL_PATH"),
+        ("TAGWARDEN_BLOB_ACCEL_PATH", "/a;b/", "TAGWARDEN_BLOB_ACCEL_PATH"),
+        ("TAGWARDEN_BLOB_ACCEL_PATH", "//x/", "TAGWARDEN_BLOB_ACCEL_PATH"),
     ],
 )
 def test_bad_values_name_the_variable(name, value, needle):
@@ -61,3 +65,9 @@ def test_secret_values_never_appear_in_errors():
 def test_from_mapping_rejects_unknown_settings():
     with pytest.raises(ConfigError, match="unknown settings: bogus"):
         Settings.from_mapping({"bogus": 1})
+
+
+def test_blob_accel_path_is_off_by_default_and_read_when_set():
+    assert Settings.from_env({}).blob_accel_path == ""
+    assert Settings.from_env({"TAGWARDEN_BLOB_ACCEL_PATH": "/_tagwarden/blobs/"}
+                             ).blob_accel_path == "/_tagwarden/blobs/"

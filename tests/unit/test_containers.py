@@ -25,7 +25,7 @@ import yaml
 from rq import Queue, Worker
 
 from service import cli
-from service.registry.config import render_registry_config
+from service.registry.config import render_nginx_config, render_registry_config
 
 pytestmark = pytest.mark.unit
 
@@ -581,3 +581,32 @@ def test_worker_healthcheck_requires_this_hosts_worker(
     assert probe() == 1  # a worker, but not this container's
     Worker([Queue("tagwarden", connection=fake)], connection=fake).register_birth()
     assert probe() == 0
+
+
+def test_nginx_config_command_renders_a_front_proxy_config(tmp_path: Path) -> None:
+    out = tmp_path / "nginx.conf"
+    assert cli.main(["nginx-config", "--listen", "0.0.0.0:443", "--gateway", "gateway:8080",
+                     "--storage", "/srv/registry/", "--run-dir", "/run/tw-nginx",
+                     "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "listen 0.0.0.0:443;" in text
+    assert "server gateway:8080;" in text
+    # the internal location maps onto the registry's blob store, only by internal redirect
+    assert "location /_tagwarden/blobs/ {\n            internal;" in text
+    assert "alias /srv/registry/docker/registry/v2/blobs/;" in text
+    assert "proxy_set_header X-Tagwarden-Blob-Accel /_tagwarden/blobs/;" in text
+    assert "$http_host" in text and "$$" not in text  # nginx variables survive templating
+
+
+@pytest.mark.parametrize("field", ["listen", "gateway", "storage", "run_dir", "accel_path"])
+def test_nginx_config_refuses_nginx_syntax_in_values(field: str) -> None:
+    values = {"listen": "0.0.0.0:80", "gateway": "gw:8080", "storage": "/var/lib/registry",
+              "run_dir": "/run/x", "accel_path": "/_tw/"}
+    values[field] = values[field] + "; include /etc/passwd"
+    with pytest.raises(ValueError, match=field):
+        render_nginx_config(**values)
+
+
+def test_nginx_config_command_reports_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["nginx-config", "--accel-path", "no-slash"]) == 2
+    assert "accel_path" in capsys.readouterr().err
