@@ -16,6 +16,7 @@ from service.errors import register_error_handlers
 from service.health import bp as health_bp
 from service.schemas.policy import load_policy_file
 from service.services import Services
+from service.webhook_fastpath import WebhookFastPath
 
 log = logging.getLogger("tagwarden.app")
 
@@ -86,4 +87,5 @@ def create_app(config: Any = None) -> Flask:
         api.register_blueprint(blueprint)
     openapi.install(app, svc)
     metrics.install(app, svc)
+    app.wsgi_app = WebhookFastPath(app.wsgi_app, svc)  # type: ignore[method-assign]
     return app

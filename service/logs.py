@@ -113,7 +113,7 @@ def setup_logging(fmt: str) -> None:
     root.propagate = False
 
 
-def _valid_request_id(value: str | None) -> bool:
+def valid_request_id(value: str | None) -> bool:
     return bool(value) and value is not None and len(value) <= 128 and value.isascii() \
         and value.isprintable()
 
@@ -128,7 +128,7 @@ def configure(app: Flask, fmt: str) -> None:
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER)
-        rid = incoming if _valid_request_id(incoming) else uuid.uuid4().hex
+        rid = incoming if valid_request_id(incoming) else uuid.uuid4().hex
         request.environ[ENVIRON_KEY] = rid
         g.started = time.perf_counter()
 

@@ -201,6 +201,43 @@ def test_receiver_rejects_bad_input_and_deduplicates(stack: Stack):
     assert [e["id"] for e in recorded] == [event["id"]]
 
 
+def _webhook_requests_counted(stack: Stack) -> float:
+    text = requests.get(f"{stack.gw_url}/metrics", timeout=5).text
+    want = ('tagwarden_http_requests_total{method="POST",route="/api/v1/webhooks/registry",'
+            'status="200"} ')
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(want))
+
+
+def test_accepted_envelopes_take_the_fast_lane_and_failures_the_flask_route(stack: Stack):
+    """An accepted envelope is answered without Flask (request id echoed, counted in the
+    metrics, logged at debug only); a refused one gets the Flask route's error envelope and
+    its INFO access line."""
+    url = f"{stack.gw_url}/api/v1/webhooks/registry"
+    fast_rid, slow_rid = f"fast-{uuid.uuid4().hex}", f"slow-{uuid.uuid4().hex}"
+    event = {"id": str(uuid.uuid4()), "action": "pull", "timestamp": "2026-11-28T00:00:00Z",
+             "target": {"repository": "hooks/fast", "digest": "sha256:" + "2" * 64,
+                        "mediaType": oci.OCI_MANIFEST}}
+    counted = _webhook_requests_counted(stack)
+    ok = requests.post(url, data=json.dumps({"events": [event]}), timeout=5, headers={
+        "Authorization": f"Bearer {procs.WEBHOOK_TOKEN}", "Content-Type": EVENTS_TYPE,
+        "X-Request-ID": fast_rid})
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"accepted": 1, "duplicates": 0, "skipped": 0}
+    assert ok.headers["X-Request-ID"] == fast_rid
+    assert ok.headers["Content-Type"] == "application/json"
+    assert _webhook_requests_counted(stack) == counted + 1
+    refused = requests.post(url, data=json.dumps({"events": [event]}), timeout=5, headers={
+        "Authorization": "Bearer wrong-wrong-wrong-wrong", "Content-Type": EVENTS_TYPE,
+        "X-Request-ID": slow_rid})
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "unauthorized"
+    assert refused.headers["X-Request-ID"] == slow_rid
+    log = wait_for(lambda: slow_rid in stack.gateway.log.read_text(errors="replace")
+                   and stack.gateway.log.read_text(errors="replace"))
+    assert fast_rid not in log
+    assert wait_for(lambda: events(stack, repository="hooks/fast"))
+
+
 def test_subscriptions_refuse_internal_urls_and_bad_fields(stack: Stack):
     url = f"{stack.gw_url}/api/v1/subscriptions"
     for target in ("http://169.254.169.254/latest", "http://10.1.2.3/x", "ftp://example.com/",
