@@ -27,6 +27,7 @@ from service.domain.tags import valid_repository, valid_tag
 from service.governance import denial_message, policy_for
 from service.registry.client import Manifest
 from service.services import Services
+from service.store.promotions import GateInputs
 
 log = logging.getLogger("tagwarden.promotions")
 SOURCES = ("tag", "digest", "from_environment")
@@ -90,11 +91,27 @@ def resolve_source(svc: Services, policy: Policy, req: dict[str, Any]) -> tuple[
     return kind, value, manifest
 
 
-def digest_tags(svc: Services, repository: str, digest: str, environments: tuple[str, ...]
-                ) -> list[str]:
-    """Tags (not environment tags) that point to the digest in the registry right now."""
+def digest_tags(svc: Services, repository: str, digest: str, environments: tuple[str, ...],
+                inputs: GateInputs, source_tag: str | None = None) -> list[str]:
+    """Tags (not environment tags) that point to the digest in the registry right now.
+    The tag map answers while it is known complete (pushes through the gateway and registry
+    notifications keep it; drift checks catch tags moved behind the gateway's back);
+    otherwise the registry's tag list is compared with it first. `source_tag` was just
+    resolved in the registry to the digest, so it counts whatever the map says."""
+    if inputs.tags_complete:
+        found = {t for t, d in inputs.tags.items() if d == digest and t not in environments}
+    else:
+        found = set(_registry_digest_tags(svc, repository, digest, environments, inputs.tags))
+    if source_tag is not None and source_tag not in environments:
+        found.add(source_tag)
+    return sorted(found)
+
+
+def _registry_digest_tags(svc: Services, repository: str, digest: str,
+                          environments: tuple[str, ...], known: dict[str, str]) -> list[str]:
+    """The slow path: list the repository's tags, HEAD those the map does not place elsewhere,
+    learn what they point to, then vouch for the map for a while."""
     tags = svc.registry.list_tags(repository) or []
-    known = svc.tags.all(repository)
     found = []
     for tag in sorted(tags):
         if tag in environments:
@@ -107,24 +124,27 @@ def digest_tags(svc: Services, repository: str, digest: str, environments: tuple
             svc.tags.set(repository, tag, actual)
         if actual == digest:
             found.append(tag)
+    svc.tags.mark_complete(repository)
     return found
 
 
-def scan_summary(svc: Services, repository: str, digest: str) -> dict[str, Any] | None:
+def scan_summary(svc: Services, inputs: GateInputs) -> dict[str, Any] | None:
     """The latest succeeded scan of a digest, for the scan gate (None: never scanned)."""
-    return svc.scans.latest_succeeded(digest)
+    return svc.scans.get(inputs.scan_id) if inputs.scan_id else None
 
 
 def build_context(svc: Services, policy: Policy, repository: str, environment: str,
                   kind: str, value: str, digest: str) -> PromotionContext:
-    """Everything the gates need, read from the registry and Redis."""
-    reached = svc.promotions.reached(repository, digest, list(policy.environments))
+    """Everything the gates need, read from Redis in one round trip (and the registry only
+    when the tag map cannot answer)."""
+    inputs = svc.promotions.gate_inputs(repository, digest, list(policy.environments))
     return PromotionContext(
         repository=repository, environment=environment, digest=digest,
         source_kind=kind, source_value=value,  # type: ignore[arg-type]
-        digest_tags=digest_tags(svc, repository, digest, policy.environments),
-        history_first_seen={env: _parse_time(at) for env, at in reached.items()},
-        scan=scan_summary(svc, repository, digest),
+        digest_tags=digest_tags(svc, repository, digest, policy.environments, inputs,
+                                value if kind == "tag" else None),
+        history_first_seen={env: _parse_time(at) for env, at in inputs.reached.items()},
+        scan=scan_summary(svc, inputs),
         now=datetime.now(UTC),
     )
 
@@ -168,13 +188,14 @@ def _registry_write(svc: Services, record: dict[str, Any], manifest: Manifest) -
         if not landed:
             svc.promotions.drop_intent(repository, environment)
             raise
-    svc.tags.set(repository, environment, manifest.digest)
 
 
-def reconcile_intent(svc: Services, repository: str, environment: str) -> dict[str, Any] | None:
-    """Finish (registry written) or drop (not written) a leftover intent; call under the lock.
+def reconcile_intent(svc: Services, repository: str, environment: str,
+                     intent: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Finish (registry written) or drop (not written) a leftover intent; call under the lock
+    (with the intent when the caller has read it already).
     Returns the committed record when it was finished."""
-    intent = svc.promotions.intent(repository, environment)
+    intent = intent or svc.promotions.intent(repository, environment)
     if intent is None:
         return None
     record = intent["record"]
@@ -187,7 +208,7 @@ def reconcile_intent(svc: Services, repository: str, environment: str) -> dict[s
     idem = intent.get("idempotency")
     answer = {"key": idem["key"], "value": {"state": "done", "fp": idem["fp"], "status": 201,
                                             "body": record}} if idem else None
-    svc.promotions.commit(record, current, intent["created_ms"], answer)
+    svc.promotions.commit(record, current, intent["created_ms"], answer, written=True)
     log.info("reconciled intent %s into history", record["id"])
     return record
 
@@ -195,7 +216,8 @@ def reconcile_intent(svc: Services, repository: str, environment: str) -> dict[s
 def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: str | None,
          idem: dict[str, str] | None) -> dict[str, Any]:
     """Steps 3-5 under the (repository, environment) lock: CAS, intent, registry, commit.
-    The previous digest is read here, under the lock, where it cannot change any more."""
+    The previous digest is read here, under the lock, where it cannot change any more; the
+    commit releases the lock in its own round trip."""
     repository, environment = record["repository"], record["environment"]
     try:
         lock = svc.promotions.lock(repository, environment)
@@ -204,10 +226,12 @@ def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: st
     except LockError:
         raise Conflict(f"could not lock {repository} {environment}") from None
     try:
-        finished = reconcile_intent(svc, repository, environment)
-        if finished is not None and idem and finished.get("idempotency_key") == idem["key"]:
-            return finished
-        current = svc.environments.digests(repository).get(environment)
+        intent, current = svc.promotions.locked_state(repository, environment)
+        if intent is not None:
+            finished = reconcile_intent(svc, repository, environment, intent)
+            if finished is not None and idem and finished.get("idempotency_key") == idem["key"]:
+                return finished
+            current = svc.environments.digests(repository).get(environment)
         if expected is not None and expected != current:
             raise Conflict(f"{environment} of {repository} points to {current or 'nothing'}, "
                            f"not the expected {expected}")
@@ -217,20 +241,22 @@ def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: st
         record["created_at"] = format_time(datetime.fromtimestamp(created_ms / 1000, UTC))
         answer = {"key": idem["key"], "value": {"state": "done", "fp": idem["fp"],
                                                 "status": 201, "body": record}} if idem else None
-        if current != record["digest"]:
+        written = current != record["digest"]
+        if written:
             svc.promotions.write_intent({"record": record, "created_ms": created_ms,
                                          "repository": repository, "environment": environment,
                                          "idempotency": idem})
             _registry_write(svc, record, manifest)
             if svc.settings.fault_pause_after_registry_write:  # fault-injection tests only
                 time.sleep(svc.settings.fault_pause_after_registry_write)
-        svc.promotions.commit(record, current, created_ms, answer)
+        svc.promotions.commit(record, current, created_ms, answer, written=written, lock=lock)
         return record
     finally:
-        try:
-            lock.release()
-        except LockError:
-            log.warning("lock on %s %s expired before release", repository, environment)
+        if lock.local.token is not None:  # not yet released by the commit
+            try:
+                lock.release()
+            except LockError:
+                log.warning("lock on %s %s expired before release", repository, environment)
 
 
 def idempotent(svc: Services, idem_key: str | None, fp: str, run: Any) -> tuple[int, Any]:

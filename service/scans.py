@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service import jobs
@@ -11,6 +11,9 @@ from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest, NotFound
 from service.domain.tags import valid_repository, valid_tag
 from service.services import Services
+
+# A failed scan-on-push is not queued again on every push of the digest before this long.
+RETRY_FAILED_AFTER = timedelta(minutes=10)
 
 
 def new_scan(repository: str, digest: str, actor: str | None, reason: str) -> dict[str, Any]:
@@ -55,10 +58,30 @@ def request_scan(svc: Services, repository: str, digest: str, actor: str | None,
 
 
 def scan_on_push(svc: Services, repository: str, digest: str) -> dict[str, Any] | None:
-    """Queue a scan for a pushed manifest unless it is already scanned against this DB."""
+    """Queue a scan for a pushed manifest unless it is already scanned against this DB, or its
+    last scan failed a moment ago against this DB (pushing the digest again changes nothing)."""
     latest = svc.scans.latest_succeeded(digest)
     db_version = svc.vulndb.current_version()
     if latest is not None and (latest.get("vulndb") or {}).get("version") == db_version:
         return None
+    if _failed_recently(svc, svc.scans.newest(digest)):
+        return None
     scan, _ = request_scan(svc, repository, digest, None, "push")
     return scan
+
+
+def _failed_recently(svc: Services, scan: dict[str, Any] | None) -> bool:
+    """True when `scan` failed less than RETRY_FAILED_AFTER ago and no vulnerability database
+    was loaded since (a database loaded since deserves a new try)."""
+    if scan is None or scan["status"] != "failed" or not scan.get("finished_at"):
+        return False
+    finished = _parse_time(scan["finished_at"])
+    if datetime.now(UTC) - finished > RETRY_FAILED_AFTER:
+        return False
+    loaded_at = svc.vulndb.info()["loaded_at"]
+    # loaded_at has whole seconds: within the same second, count the load as later
+    return loaded_at is None or _parse_time(loaded_at) + timedelta(seconds=1) <= finished
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -72,7 +72,8 @@ def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
     repository, digest, tag = event["repository"], event["digest"], event.get("tag")
     policy = governance.policy_for(svc, repository)
     if tag and tag in policy.environments:
-        check_environment_tag(svc, repository, tag, digest)
+        if check_environment_tag(svc, repository, tag, digest):
+            return  # the gateway's own promotion write: the digest was scanned when pushed
     elif tag:
         with svc.tags.lock(repository, tag):
             known = svc.tags.get(repository, tag)
@@ -85,32 +86,36 @@ def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
         governance.scan_after_push(svc, repository, digest)
 
 
-def check_environment_tag(svc: Services, repository: str, tag: str, digest: str) -> None:
-    """An environment tag was written: fine if by the gateway, drift otherwise.
+def check_environment_tag(svc: Services, repository: str, tag: str, digest: str) -> bool:
+    """An environment tag was written: fine if by the gateway, drift otherwise. True when the
+    write was the gateway's own (a promotion or rollback, current or superseded since).
     The lock is held only for the final comparison, never while waiting on the registry."""
     pointer = svc.environments.digests(repository).get(tag)
     intent = svc.promotions.intent(repository, tag)
-    if pointer is None or digest == pointer or (intent and intent["record"]["digest"] == digest):
-        return
+    if digest == pointer or (intent and intent["record"]["digest"] == digest):
+        return True
+    if pointer is None:
+        return False
     ours = digest in {r["digest"] for r in svc.promotions.recent(repository, tag, 50)}
     # an old write of the gateway's own, superseded since: only the current state matters;
     # a foreign write may not be linked yet when its event arrives: wait for it to land
     found = (svc.registry.head_manifest(repository, tag) if ours
              else _settled(svc, repository, tag, digest))
     if found == svc.environments.digests(repository).get(tag):
-        return
+        return ours
     lock = svc.promotions.lock(repository, tag, wait=30.0)
     if not lock.acquire():
-        return
+        return ours
     try:
         if svc.promotions.intent(repository, tag) is not None:
-            return  # a promotion is completing; reconciliation will compare afterwards
+            return ours  # a promotion is completing; reconciliation will compare afterwards
         pointer = svc.environments.digests(repository).get(tag)
         found = svc.registry.head_manifest(repository, tag)
         if pointer is not None:
             drift.check_tag(svc, repository, tag, pointer, found, "environment")
     finally:
         lock.release()
+    return ours
 
 
 def on_delete(svc: Services, event: dict[str, Any]) -> None:

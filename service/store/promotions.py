@@ -8,14 +8,17 @@ one Lua script afterwards; reconciliation finishes or drops intents left behind.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from service.domain.errors import Conflict, IdempotencyMismatch
-from service.store import key
+from service.store import key, tagmap
 from service.store.pagination import page
 
+log = logging.getLogger("tagwarden.store.promotions")
 IDEMPOTENCY_TTL = 24 * 3600
 # A request still "running" after the lease is presumed dead (its process was killed): a retry
 # then runs, finds the dead request's intent under the lock and completes it instead.
@@ -25,15 +28,23 @@ IDEMPOTENCY_LEASE = 30
 LOCK_TIMEOUT = 10.0
 
 # KEYS: 1 pointers hash, 2 env stream, 3 repo stream, 4 global stream, 5 record,
-#       6 intent, 7 idempotency key, 8 reached hash, 9 repositories set
+#       6 intent, 7 idempotency key, 8 reached hash, 9 repositories set, 10 tag map,
+#       11 intents set, 12 environment lock
 # ARGV: 1 env, 2 expected current digest ("" = none), 3 record json, 4 pointer json,
-#       5 created ms, 6 idempotent answer json ("" = none), 7 digest, 8 created_at, 9 repo
+#       5 created ms, 6 idempotent answer json ("" = none), 7 digest, 8 created_at, 9 repo,
+#       10 "1" when the environment tag was written (record it in the tag map),
+#       11 intents member, 12 lock token ("" = the caller releases the lock itself)
+# The lock is released in the same round trip, whether the pointer moved or not.
 COMMIT = """
+local released = 0
+if ARGV[12] ~= '' and redis.call('GET', KEYS[12]) == ARGV[12] then
+  released = redis.call('DEL', KEYS[12])
+end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local curdigest = ''
 if cur then curdigest = cjson.decode(cur)['digest'] end
 if curdigest ~= ARGV[2] then
-  return {0, curdigest}
+  return {0, curdigest, released}
 end
 local ms = tonumber(ARGV[5])
 local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
@@ -49,11 +60,25 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 redis.call('HSETNX', KEYS[8], ARGV[1] .. '|' .. ARGV[7], ARGV[8])
 redis.call('DEL', KEYS[6])
 redis.call('SADD', KEYS[9], ARGV[9])
+redis.call('SREM', KEYS[11], ARGV[11])
+if ARGV[10] == '1' then
+  redis.call('HSET', KEYS[10], ARGV[1], ARGV[7])
+end
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[7], ARGV[6], 'EX', TTL)
 end
-return {1, sid}
+return {1, sid, released}
 """.replace("TTL", str(IDEMPOTENCY_TTL))
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """The Redis side of a promotion's gates, read together."""
+
+    reached: dict[str, str]  # {environment: first time the digest reached it}
+    tags: dict[str, str]  # the repository's tag map (tag -> digest)
+    tags_complete: bool  # the tag map was compared with the registry's tag list recently
+    scan_id: str | None  # the digest's latest succeeded scan
 
 
 class PromotionStore:
@@ -99,17 +124,45 @@ class PromotionStore:
                 self.r.srem(key("intents"), member)
         return out
 
+    def locked_state(self, repository: str, environment: str
+                     ) -> tuple[dict[str, Any] | None, str | None]:
+        """(pending intent, current digest) of an environment in one round trip; read under
+        its lock, where neither can change any more."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(key("intent", repository, environment))
+        pipe.hget(key("env", repository), environment)
+        raw_intent, raw_pointer = pipe.execute()
+        return (json.loads(raw_intent) if raw_intent else None,
+                json.loads(raw_pointer)["digest"] if raw_pointer else None)
+
+    def gate_inputs(self, repository: str, digest: str, environments: list[str]) -> GateInputs:
+        """What the promotion gates read from Redis, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(tagmap.map_key(repository))
+        pipe.exists(tagmap.complete_key(repository))
+        pipe.get(key("scan-latest", digest))
+        if environments:
+            pipe.hmget(key("reached", repository), [f"{e}|{digest}" for e in environments])
+        tags, complete, scan_id, *reached = pipe.execute()
+        firsts = zip(environments, reached[0], strict=True) if reached else ()
+        return GateInputs(reached={env: at for env, at in firsts if at}, tags=tags,
+                          tags_complete=bool(complete), scan_id=scan_id)
+
     # -- the atomic commit -----------------------------------------------------------------
     def commit(self, record: dict[str, Any], expected: str | None, created_ms: int,
-               idempotent: dict[str, Any] | None) -> str:
-        """Append the record and move the pointer atomically; Conflict if the pointer moved."""
+               idempotent: dict[str, Any] | None, *, written: bool = False,
+               lock: redis.lock.Lock | None = None) -> str:
+        """Append the record and move the pointer atomically; Conflict if the pointer moved.
+        `written`: the environment tag was just written (the tag map records it); `lock`: the
+        held environment lock, released by the same script (its token is cleared)."""
         repository, environment = record["repository"], record["environment"]
         pointer = {"digest": record["digest"], "promotion_id": record["id"],
                    "promoted_at": record["created_at"], "tags": record["tags"]}
         idem_key = idempotent["key"] if idempotent else "-"
         answer = json.dumps(idempotent["value"]) if idempotent else ""
         data = json.dumps(record, separators=(",", ":"), sort_keys=True)
-        ok, value = self._commit(
+        token = lock.local.token if lock is not None else None
+        ok, value, released = self._commit(
             keys=[
                 key("env", repository),
                 key("history", "env", repository, environment),
@@ -120,14 +173,21 @@ class PromotionStore:
                 key("idem", idem_key),
                 key("reached", repository),
                 key("repositories"),
+                tagmap.map_key(repository),
+                key("intents"),
+                lock.name if lock is not None else key("lock", "none"),
             ],
             args=[environment, expected or "", data, json.dumps(pointer), created_ms, answer,
-                  record["digest"], record["created_at"], repository],
+                  record["digest"], record["created_at"], repository, "1" if written else "",
+                  f"{repository}|{environment}", token or ""],
         )
+        if lock is not None and token is not None:
+            lock.local.token = None  # released by the script, or expired and taken by another
+            if not released:
+                log.warning("lock on %s %s expired before release", repository, environment)
         if not ok:
             raise Conflict(f"environment {environment!r} of {repository} moved to "
                            f"{value or 'nothing'} meanwhile")
-        self.r.srem(key("intents"), f"{repository}|{environment}")
         return value
 
     # -- reads -----------------------------------------------------------------------------

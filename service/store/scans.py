@@ -75,6 +75,11 @@ class ScanStore:
         scan_id = self.r.get(key("scan-latest", digest))
         return self.get(scan_id) if scan_id else None
 
+    def newest(self, digest: str) -> dict[str, Any] | None:
+        """The digest's most recently requested scan, whatever its status."""
+        found = self.r.xrevrange(key("scans", "digest", digest), count=1)
+        return self.get(json.loads(found[0][1]["d"])["id"]) if found else None
+
     def list(self, repository: str | None, digest: str | None, limit: int,
              cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """Scans newest first, filtered by repository and/or digest."""

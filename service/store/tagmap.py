@@ -6,6 +6,21 @@ import redis
 
 from service.store import key
 
+# How long a full comparison with the registry's tag list vouches for the map. Pushes through
+# the gateway and registry notifications keep the map current in between; the expiry bounds
+# what notifications lost in a registry restart can leave out.
+COMPLETE_TTL = 15 * 60
+
+
+def map_key(repository: str) -> str:
+    """The hash of tag → digest of a repository."""
+    return key("tags", repository)
+
+
+def complete_key(repository: str) -> str:
+    """Present while the repository's map is known to hold every tag of the registry."""
+    return key("tags-complete", repository)
+
 
 class TagMap:
     """Tag → digest per repository (a cache of the registry, kept by pushes and webhooks)."""
@@ -15,19 +30,24 @@ class TagMap:
 
     def get(self, repository: str, tag: str) -> str | None:
         """The recorded digest of a tag, or None when unknown."""
-        return self.r.hget(key("tags", repository), tag)
+        return self.r.hget(map_key(repository), tag)
 
     def set(self, repository: str, tag: str, digest: str) -> None:
         """Record that a tag points to a digest."""
-        self.r.hset(key("tags", repository), tag, digest)
+        self.r.hset(map_key(repository), tag, digest)
 
     def forget(self, repository: str, tag: str) -> None:
         """Drop a tag (deleted in the registry)."""
-        self.r.hdel(key("tags", repository), tag)
+        self.r.hdel(map_key(repository), tag)
 
     def all(self, repository: str) -> dict[str, str]:
         """Every recorded tag of a repository."""
-        return self.r.hgetall(key("tags", repository))
+        return self.r.hgetall(map_key(repository))
+
+    def mark_complete(self, repository: str) -> None:
+        """The map was just compared with the registry's full tag list: it can answer
+        "which tags carry this digest" alone for a while."""
+        self.r.set(complete_key(repository), "1", ex=COMPLETE_TTL)
 
     def lock(self, repository: str, tag: str, timeout: float = 60.0) -> redis.lock.Lock:
         """A lock serialising pushes of one tag (check, write and record as one step)."""

@@ -196,3 +196,43 @@ def test_time_travel_answers_what_ran_when(stack: Stack, policy, tmp_path: Path)
                             params={"repository": repo, "at": "yesterday"}, timeout=10)
     assert bad.status_code == 422
     assert "at" in bad.json()["errors"]
+
+
+def wait_for_push_event(stack: Stack, repo: str, tag: str, digest: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        resp = stack.admin().get(f"{stack.gw_url}/api/v1/events",
+                                 params={"repository": repo, "action": "push"}, timeout=10)
+        if any(e.get("tag") == tag and e.get("digest") == digest for e in resp.json()["items"]):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no push event for {repo}:{tag}")
+
+
+def wait_for_scans(stack: Stack, digest: str) -> list[dict]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        items = stack.admin().get(f"{stack.gw_url}/api/v1/scans", params={"digest": digest},
+                                  timeout=10).json()["items"]
+        if items:
+            return items
+        time.sleep(0.1)
+    raise AssertionError(f"no scan of {digest} was queued")
+
+
+def test_promotion_commit_releases_the_lock_and_queues_no_scan(stack: Stack, policy,
+                                                               tmp_path: Path):
+    repo = "promo/lean"
+    image = push(stack, tmp_path, "lean-1", f"{repo}:v3.0.0")
+    scans_before = wait_for_scans(stack, image.digest)  # scan-on-push of the tag
+    record = promote(stack, repository=repo, environment="develop", tag="v3.0.0")
+    assert (record["digest"], record["tags"]) == (image.digest, ["v3.0.0"])
+    r = stack.redis_client()
+    assert r.exists(f"tw:lock:env:{repo}:develop") == 0
+    assert r.hget(f"tw:tags:{repo}", "develop") == image.digest
+    assert r.sismember("tw:intents", f"{repo}|develop") == 0
+    wait_for_push_event(stack, repo, "develop", image.digest)
+    time.sleep(0.5)  # the worker handles the event right after recording it
+    scans_after = stack.admin().get(f"{stack.gw_url}/api/v1/scans",
+                                    params={"digest": image.digest}, timeout=10).json()["items"]
+    assert [s["id"] for s in scans_after] == [s["id"] for s in scans_before]
