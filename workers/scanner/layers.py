@@ -118,11 +118,16 @@ class _Forward:
 
     tarfile reads headers and the files asked for, and *seeks* over every other file, which
     decodes it in 1 MiB pieces that are dropped at once, instead of copying it three times
-    through tarfile's stream buffer. Stops a decompression bomb at ``cap`` decoded bytes."""
+    through tarfile's stream buffer. Stops a decompression bomb at ``cap`` decoded bytes, and
+    any single read over ``max_read``: tarfile reads a whole pax or GNU long-name header at
+    once, whatever size the archive claims for it."""
 
-    def __init__(self, decode: Callable[[int], bytes], cap: int, compressed: bool) -> None:
+    def __init__(
+        self, decode: Callable[[int], bytes], cap: int, compressed: bool, max_read: int
+    ) -> None:
         self._decode = decode
         self.cap = cap
+        self.max_read = max(max_read, _CHUNK)
         self.total = 0
         self.compressed = compressed
         self._buf = b""
@@ -144,6 +149,8 @@ class _Forward:
         """Exactly ``size`` bytes, fewer only at the end of the layer."""
         if size is None or size < 0:
             size = _CHUNK
+        if size > self.max_read:
+            raise ScanError(f"layer has a tar header or file of {size} bytes, over the read cap")
         parts: list[bytes] = []
         want = size
         while want > 0:
@@ -199,22 +206,22 @@ def _read_head(stream: Readable, n: int) -> bytes:
     return head
 
 
-def _decompressed(stream: Readable, media_type: str, cap: int) -> _Forward:
+def _decompressed(stream: Readable, media_type: str, cap: int, max_read: int) -> _Forward:
     head = _read_head(stream, 6)
     if not head:
         raise ScanError(f"layer is empty (media type {media_type})")
     src = _Prefixed(head, stream)
     if head.startswith(_GZIP):
-        return _Forward(_Gunzip(src).read, cap, compressed=True)
+        return _Forward(_Gunzip(src).read, cap, True, max_read)
     if head.startswith(_ZSTD):
         zst = zstandard.ZstdDecompressor().stream_reader(
             src, read_across_frames=True, closefd=False
         )
-        return _Forward(zst.read, cap, compressed=True)
+        return _Forward(zst.read, cap, True, max_read)
     for magic, name in _UNSUPPORTED.items():
         if head.startswith(magic):
             raise ScanError(f"layer uses unsupported {name} compression (media type {media_type})")
-    return _Forward(src.read, cap, compressed=False)
+    return _Forward(src.read, cap, False, max_read)
 
 
 @contextmanager
@@ -318,7 +325,7 @@ def iter_layer_files(
     """
     state: dict[str, str] = {}
     with _translated(f"layer is truncated or not validly compressed (media type {media_type})"):
-        layer = _decompressed(stream, media_type, max_bytes)
+        layer = _decompressed(stream, media_type, max_bytes, max_file_bytes)
         tf = _open(layer, media_type, state)
     cursor = _Cursor()
     while True:

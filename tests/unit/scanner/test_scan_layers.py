@@ -245,3 +245,12 @@ def test_many_small_files_and_a_large_one_read_back_exactly(compression: str) ->
     files["big"] = os.urandom(3 * MiB + 123)
     layer = oci.tar_layer(files, compression=compression)
     assert scan(layer.data) == files
+
+
+def test_an_oversized_pax_header_stops_the_scan_instead_of_being_read_into_memory() -> None:
+    info = tarfile.TarInfo("a")
+    info.pax_headers = {"comment": "x" * (8 * MiB)}
+    layer = gzip.compress(raw_tar([info]), compresslevel=1)
+    assert len(layer) < MiB
+    with pytest.raises(ScanError, match="over the read cap"):
+        scan(layer, max_file_bytes=2 * MiB)
