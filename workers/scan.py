@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,18 +29,31 @@ SKIP_PLATFORMS = {("unknown", "unknown")}  # buildkit attestation manifests
 
 
 class VerifiedBlob:
-    """A streamed registry blob whose bytes are hashed as they are read and checked at EOF."""
+    """A streamed registry blob whose bytes are hashed as they are read and checked at EOF.
 
-    def __init__(self, resp: Any, digest: str) -> None:
+    The hashing runs on ``hasher``, which must have exactly one thread (its queue keeps the
+    chunks in order): hashlib releases the GIL on large buffers, so hashing one chunk overlaps
+    inflating it on the reading thread."""
+
+    MAX_PENDING = 4  # chunks handed to the hasher and not yet hashed: bounds memory
+
+    def __init__(self, resp: Any, digest: str, hasher: ThreadPoolExecutor) -> None:
         self.resp, self.digest, self.sha = resp, digest, hashlib.sha256()
+        self.hasher = hasher
+        self.pending: deque[Future[None]] = deque()
         self.done = False
 
     def read(self, size: int = -1) -> bytes:
         """Read from the registry; at the end, refuse content whose digest differs."""
         data = self.resp.read(size if size and size > 0 else 1 << 20)
-        self.sha.update(data)
-        if not data and not self.done:
+        if data:
+            self.pending.append(self.hasher.submit(self.sha.update, data))
+            if len(self.pending) > self.MAX_PENDING:
+                self.pending.popleft().result()
+        elif not self.done:
             self.done = True
+            while self.pending:
+                self.pending.popleft().result()
             if "sha256:" + self.sha.hexdigest() != self.digest:
                 raise ScanError(f"layer {self.digest} content does not match its digest")
         return data
@@ -72,7 +87,7 @@ def _inventory(svc: Services, repository: str, image: Manifest, budget: list[int
     layers = image.json().get("layers") or []
     opened: list[Any] = []
 
-    def streams() -> Any:
+    def streams(hasher: ThreadPoolExecutor) -> Any:
         for layer in layers:
             if budget[0] <= 0:
                 raise ScanError("image exceeds the scan byte cap (TAGWARDEN_SCAN_MAX_BYTES)")
@@ -80,10 +95,12 @@ def _inventory(svc: Services, repository: str, image: Manifest, budget: list[int
             opened.append(resp)
             if resp.status != 200:
                 raise ScanError(f"layer {layer['digest']} answered {resp.status}")
-            yield layer["digest"], layer.get("mediaType", ""), VerifiedBlob(resp, layer["digest"])
+            blob = VerifiedBlob(resp, layer["digest"], hasher)
+            yield layer["digest"], layer.get("mediaType", ""), blob
 
     try:
-        inventory = inventory_of_streams(streams(), max_bytes=budget[0])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-sha256") as hasher:
+            inventory = inventory_of_streams(streams(hasher), max_bytes=budget[0])
     finally:
         for resp in opened:
             resp.release_conn()

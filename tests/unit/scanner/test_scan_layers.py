@@ -230,3 +230,27 @@ def test_corrupt_gzip_crc_is_detected() -> None:
     data[-6] ^= 0xFF  # inside the CRC32 trailer
     with pytest.raises(ScanError, match="CRC check failed"):
         scan(bytes(data))
+
+
+def test_gzip_zero_padding_is_accepted_and_trailing_garbage_is_not() -> None:
+    gz = oci.tar_layer(FILES, compression="gzip").data
+    assert scan(gz + bytes(1024))["etc/os-release"] == b"ID=debian\n"
+    with pytest.raises(ScanError, match="corrupt after the tar end marker"):
+        scan(gz + b"garbage!")
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_many_small_files_and_a_large_one_read_back_exactly(compression: str) -> None:
+    files: dict[str, bytes | str] = {f"f/{i:04d}": os.urandom(i * 37 % 3000) for i in range(600)}
+    files["big"] = os.urandom(3 * MiB + 123)
+    layer = oci.tar_layer(files, compression=compression)
+    assert scan(layer.data) == files
+
+
+def test_an_oversized_pax_header_stops_the_scan_instead_of_being_read_into_memory() -> None:
+    info = tarfile.TarInfo("a")
+    info.pax_headers = {"comment": "x" * (8 * MiB)}
+    layer = gzip.compress(raw_tar([info]), compresslevel=1)
+    assert len(layer) < MiB
+    with pytest.raises(ScanError, match="over the read cap"):
+        scan(layer, max_file_bytes=2 * MiB)
