@@ -315,11 +315,13 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
     headers["Content-Length"] = str(len(body))
     upstream = _client().request("PUT", f"/v2/{name}/manifests/{ref}", headers=headers,
                                  body=body, stream=False)
+    resp = relay_buffered(upstream, origin)
     if upstream.status == 201:
-        governance.after_manifest_put(_services(), name, tag, digest)
-        if tag:
-            governance.scan_after_push(_services(), name, digest)
-    return relay_buffered(upstream, origin)
+        svc = _services()
+        governance.after_manifest_put(svc, name, tag, digest)
+        if tag:  # queued once the answer is on its way: the client does not wait for it
+            resp.call_on_close(lambda: governance.scan_after_push(svc, name, digest))
+    return resp
 
 
 def delete_manifest(name: str, ref: str) -> Response:
