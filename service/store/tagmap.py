@@ -32,6 +32,15 @@ class TagMap:
         """The recorded digest of a tag, or None when unknown."""
         return self.r.hget(map_key(repository), tag)
 
+    def lookup(self, repository: str, tag: str) -> tuple[str | None, bool]:
+        """(the recorded digest of a tag or None, is the map known complete?) in one round
+        trip: while complete, a tag the map does not hold is not in the registry either."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(map_key(repository), tag)
+        pipe.exists(complete_key(repository))
+        digest, complete = pipe.execute()
+        return digest, bool(complete)
+
     def set(self, repository: str, tag: str, digest: str) -> None:
         """Record that a tag points to a digest."""
         self.r.hset(map_key(repository), tag, digest)

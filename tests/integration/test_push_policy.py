@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import requests
@@ -76,6 +77,25 @@ def test_immutability_holds_for_content_pushed_before_the_gateway(stack: Stack, 
     assert direct.returncode == 0, direct.stderr
     other = _layout(tmp_path, "b", oci.simple_image("pol-before-2"))
     refused = _push(stack, other, "pol/before:v3.0.0")
+    assert refused.returncode != 0 and "push.immutable" in refused.stderr
+
+
+def test_immutability_holds_for_tags_pushed_behind_the_gateway_later(stack: Stack,
+                                                                    tmp_path: Path):
+    """Once the gateway vouches for a repository's tag map (no registry lookup for new tags),
+    a release tag pushed straight to the registry reaches the map through the registry's
+    notification, and the immutability check still sees it."""
+    first = _layout(tmp_path, "a", oci.simple_image("pol-later-1"))
+    assert _push(stack, first, "pol/later:v1.0.0").returncode == 0  # map now vouched for
+    assert stack.redis_client().exists("tw:tags-complete:pol/later")
+    behind = _layout(tmp_path, "b", oci.simple_image("pol-later-2"))
+    direct = oci.skopeo_copy(f"oci:{behind}:img", f"docker://{stack.reg}/pol/later:v2.0.0")
+    assert direct.returncode == 0, direct.stderr
+    deadline = time.monotonic() + 20
+    while stack.redis_client().hget("tw:tags:pol/later", "v2.0.0") is None:
+        assert time.monotonic() < deadline, "the worker never learnt the tag pushed directly"
+        time.sleep(0.1)
+    refused = _push(stack, first, "pol/later:v2.0.0")
     assert refused.returncode != 0 and "push.immutable" in refused.stderr
 
 

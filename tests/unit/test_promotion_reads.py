@@ -165,3 +165,36 @@ def test_an_ordinary_push_and_a_foreign_environment_push_are_scanned(
     events.on_manifest_push(svc, push_event("v1.0.0", A))  # type: ignore[arg-type]
     events.on_manifest_push(svc, push_event("production", B))  # type: ignore[arg-type]
     assert scanned == [A, B]
+
+
+# -- the immutability check of a push: where does a tag point now? ---------------------------
+
+def test_a_new_repository_is_looked_up_once_then_the_map_answers(svc: SimpleNamespace) -> None:
+    from service.governance import current_digest
+
+    assert current_digest(svc, REPO, "v1.0.0") is None  # type: ignore[arg-type]
+    assert svc.registry.calls == ["head v1.0.0", "list"]  # unknown repository: map complete
+    svc.registry.calls.clear()
+    svc.tags.set(REPO, "v1.0.0", A)  # what the push records
+    assert current_digest(svc, REPO, "v1.1.0") is None  # type: ignore[arg-type]
+    assert current_digest(svc, REPO, "v1.0.0") == A  # type: ignore[arg-type]
+    assert svc.registry.calls == []
+
+
+def test_tags_the_map_does_not_hold_keep_the_registry_asked(svc: SimpleNamespace) -> None:
+    """Content from before the gateway: the map is not vouched for until it holds it all."""
+    from service.governance import current_digest
+
+    svc.registry.tags = {"v0.1.0": B, "v0.2.0": B}
+    assert current_digest(svc, REPO, "v0.1.0") == B  # type: ignore[arg-type]
+    assert current_digest(svc, REPO, "v1.0.0") is None  # type: ignore[arg-type]
+    assert current_digest(svc, REPO, "v1.1.0") is None  # type: ignore[arg-type]
+    assert svc.registry.calls.count("list") == 2  # v0.2.0 unknown: never marked complete
+    assert svc.registry.calls[-2:] == ["head v1.1.0", "list"]
+    svc.registry.calls.clear()
+    assert current_digest(svc, REPO, "v0.2.0") == B  # type: ignore[arg-type]  # learnt
+    assert current_digest(svc, REPO, "v2.0.0") is None  # type: ignore[arg-type]
+    assert svc.registry.calls == ["head v0.2.0", "head v2.0.0", "list"]  # now complete
+    svc.registry.calls.clear()
+    assert current_digest(svc, REPO, "v3.0.0") is None  # type: ignore[arg-type]
+    assert svc.registry.calls == []
