@@ -16,16 +16,23 @@ from workers.context import services
 
 log = logging.getLogger("tagwarden.events")
 SETTLE_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)  # the registry notifies before linking the tag
+LINGER_MS = 250
 
 
-def drain(max_seconds: float = 300.0) -> dict[str, int]:
-    """Process the inbox until it is empty (or for at most `max_seconds`)."""
+def drain(max_seconds: float = 300.0, linger_ms: int = LINGER_MS) -> dict[str, int]:
+    """Process the inbox until it is empty (or for at most `max_seconds`).
+
+    An empty inbox is watched for `linger_ms` more before the job ends, unless other jobs
+    are waiting for the worker: the registry posts one event per request, and under a steady
+    trickle a job per event (a forked work horse each) would cost more than the events."""
     svc = services()
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     processed = failed = 0
     deadline = time.monotonic() + max_seconds
     while time.monotonic() < deadline:
         batch = svc.inbox.read(consumer)
+        if not batch and linger_ms and not svc.queue.count:
+            batch = svc.inbox.wait(consumer, linger_ms)
         if not batch:
             svc.inbox.done_draining()
             batch = svc.inbox.read(consumer)  # an event accepted just before the flag dropped

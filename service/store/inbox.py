@@ -78,10 +78,21 @@ class Inbox:
                                     start_id="0-0", count=count)
         entries = list(claimed[1]) if claimed else []
         if len(entries) < count:
-            fresh = self.r.xreadgroup(GROUP, consumer, {self.stream: ">"},
-                                      count=count - len(entries))
-            for _, items in fresh or []:
-                entries.extend(items)
+            entries.extend(self._fresh(consumer, count - len(entries)))
+        return self._decode(entries)
+
+    def wait(self, consumer: str, block_ms: int, count: int = 200
+             ) -> list[tuple[str, dict[str, Any]]]:
+        """New entries, waiting up to `block_ms` for the first to arrive."""
+        return self._decode(self._fresh(consumer, count, block_ms))
+
+    def _fresh(self, consumer: str, count: int, block_ms: int | None = None) -> list[Any]:
+        fresh = self.r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count,
+                                  block=block_ms)
+        return [entry for _, items in fresh or [] for entry in items]
+
+    @staticmethod
+    def _decode(entries: list[Any]) -> list[tuple[str, dict[str, Any]]]:
         return [(entry_id, json.loads(fields["d"])) for entry_id, fields in entries if fields]
 
     def ack(self, entry_ids: list[str]) -> None:

@@ -250,3 +250,34 @@ def test_subscriptions_refuse_internal_urls_and_bad_fields(stack: Stack):
                                         "secret": "short"}, timeout=10)
     assert bad.status_code == 422
     assert set(bad.json()["errors"]) == {"events.0", "secret"}
+
+
+def test_a_trickle_of_events_is_drained_by_few_jobs(private_stack: Stack):
+    """The registry posts one event per request: a drain job lingers on an empty inbox
+    instead of ending (and forking a new work horse for the next event)."""
+    from rq import Queue
+    from rq.registry import FinishedJobRegistry
+
+    queue = Queue("tagwarden", connection=redis_bytes(private_stack))
+    finished = FinishedJobRegistry(queue=queue)
+    before = len(finished)
+    url = f"{private_stack.gw_url}/api/v1/webhooks/registry"
+    headers = {"Authorization": f"Bearer {procs.WEBHOOK_TOKEN}", "Content-Type": EVENTS_TYPE}
+    for i in range(20):
+        event = {"id": str(uuid.uuid4()), "action": "push",
+                 "timestamp": "2026-11-28T00:00:00Z",
+                 "target": {"repository": "hooks/trickle", "digest": f"sha256:{i:064x}",
+                            "mediaType": "application/octet-stream", "size": 1}}
+        resp = requests.post(url, data=json.dumps({"events": [event]}), headers=headers,
+                             timeout=5)
+        assert resp.json()["accepted"] == 1
+        time.sleep(0.03)
+    wait_for(lambda: len(events(private_stack, repository="hooks/trickle", limit=50)) == 20)
+    drains = len(finished) - before
+    assert 1 <= drains <= 3, f"{drains} drain jobs for 20 events 30 ms apart"
+
+
+def redis_bytes(stack: Stack):
+    import redis
+
+    return redis.Redis(port=stack.redis.port)
