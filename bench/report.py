@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,7 @@ def machine() -> dict[str, Any]:
         "urllib3": urllib3.__version__,
         "redis_server": version(["redis-server", "--version"]),
         "registry": version(["docker-registry", "--version"]),
+        "nginx": version([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),
     }
 
 
