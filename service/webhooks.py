@@ -8,6 +8,7 @@ from typing import Any
 
 from service import jobs, metrics
 from service.domain.errors import DomainError, InvalidRequest, Unauthorized
+from service.registry.client import MANIFEST_TYPES
 from service.services import Services
 
 ACTIONS = ("push", "pull", "mount", "delete")
@@ -65,9 +66,20 @@ def slim(event: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def needs_processing(event: dict[str, Any]) -> bool:
+    """Does a worker have to act on the event (workers.events.process)? A manifest push
+    (learn the tag, drift, scan) and a delete (forget, heal) do; pulls, mounts and blob
+    pushes are only recorded."""
+    if event["action"] == "delete":
+        return True
+    return (event["action"] == "push" and event.get("media_type") in MANIFEST_TYPES
+            and bool(event.get("digest")))
+
+
 def direct_streams(svc: Services) -> Any:
-    """Pull events need no processing: they are recorded by the receiver itself."""
-    return lambda event: svc.events.streams(event) if event["action"] == "pull" else None
+    """Events that need no processing are recorded by the receiver itself (same Lua call as
+    the dedupe); the others go to the inbox for the workers."""
+    return lambda event: None if needs_processing(event) else svc.events.streams(event)
 
 
 def receive(svc: Services, content_type: str, body: bytes) -> dict[str, int]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from service import drift, governance, metrics
 from service.domain.policy import is_immutable
-from service.registry.client import MANIFEST_TYPES
 from service.services import Services
+from service.webhooks import needs_processing
 from workers.context import services
 
 log = logging.getLogger("tagwarden.events")
@@ -56,11 +56,12 @@ def drain(max_seconds: float = 300.0, linger_ms: int = LINGER_MS) -> dict[str, i
 def process(svc: Services, event: dict[str, Any]) -> None:
     """Handle one registry event."""
     svc.events.record(event)
-    is_manifest = event.get("media_type") in MANIFEST_TYPES
-    if event["action"] == "push" and is_manifest and event.get("digest"):
-        on_manifest_push(svc, event)
-    elif event["action"] == "delete":
+    if not needs_processing(event):  # recorded by the receiver itself since (older entries)
+        return
+    if event["action"] == "delete":
         on_delete(svc, event)
+    else:
+        on_manifest_push(svc, event)
 
 
 def _settled(svc: Services, repository: str, tag: str, digest: str) -> str | None:

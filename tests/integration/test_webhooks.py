@@ -264,10 +264,11 @@ def test_a_trickle_of_events_is_drained_by_few_jobs(private_stack: Stack):
     url = f"{private_stack.gw_url}/api/v1/webhooks/registry"
     headers = {"Authorization": f"Bearer {procs.WEBHOOK_TOKEN}", "Content-Type": EVENTS_TYPE}
     for i in range(20):
-        event = {"id": str(uuid.uuid4()), "action": "push",
+        # a tag delete: an event a worker must process (pulls and blob pushes are recorded
+        # by the receiver itself)
+        event = {"id": str(uuid.uuid4()), "action": "delete",
                  "timestamp": "2026-11-28T00:00:00Z",
-                 "target": {"repository": "hooks/trickle", "digest": f"sha256:{i:064x}",
-                            "mediaType": "application/octet-stream", "size": 1}}
+                 "target": {"repository": "hooks/trickle", "tag": f"gone-{i}"}}
         resp = requests.post(url, data=json.dumps({"events": [event]}), headers=headers,
                              timeout=5)
         assert resp.json()["accepted"] == 1
