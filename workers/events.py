@@ -83,6 +83,8 @@ def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
         if check_environment_tag(svc, repository, tag, digest):
             return  # the gateway's own promotion write: the digest was scanned when pushed
     elif tag:
+        if svc.tags.get(repository, tag) == digest:
+            return  # pushed through the gateway, which recorded it and queued scan-on-push
         with svc.tags.lock(repository, tag):
             known = svc.tags.get(repository, tag)
             if is_immutable(policy, tag) and known is not None and known != digest:
