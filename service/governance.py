@@ -21,6 +21,7 @@ from service.domain.policy import (
 )
 from service.logs import current_request_id
 from service.services import Services
+from service.store.tagmap import TagLock
 
 log = logging.getLogger("tagwarden.governance")
 
@@ -106,10 +107,12 @@ def check_delete(svc: Services, repository: str, reference: str) -> Decision:
                                                                              reference))
 
 
-def after_manifest_put(svc: Services, repository: str, tag: str | None, digest: str) -> None:
-    """Remember what a successful push created."""
+def after_manifest_put(svc: Services, repository: str, tag: str | None, digest: str,
+                       lock: TagLock | None = None) -> None:
+    """Remember what a successful push created (releasing the tag's lock in the same round
+    trip when one is held)."""
     if tag:
-        svc.tags.set(repository, tag, digest)
+        svc.tags.set(repository, tag, digest, lock)
 
 
 def after_manifest_delete(svc: Services, repository: str, digest: str) -> None:

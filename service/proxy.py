@@ -21,6 +21,7 @@ from service.registry.client import (
 )
 from service.registry.routes import BadRoute
 from service.services import Services
+from service.store.tagmap import TagLock
 
 bp = Blueprint("registry_proxy", __name__)
 
@@ -295,21 +296,23 @@ def put_manifest(name: str, ref: str) -> Response:
     policy = governance.policy_for(svc, name)
     if not is_immutable(policy, ref):
         return _govern_put(svc, policy, name, ref, body, digest)
-    with svc.tags.lock(name, ref):  # check, write and record an immutable tag as one step
-        return _govern_put(svc, policy, name, ref, body, digest)
+    # check, write and record an immutable tag as one step (recording it releases the lock)
+    with svc.tags.lock(name, ref) as lock:
+        return _govern_put(svc, policy, name, ref, body, digest, lock)
 
 
-def _govern_put(svc: Services, policy: Any, name: str, ref: str, body: bytes, digest: str
-                ) -> Response:
+def _govern_put(svc: Services, policy: Any, name: str, ref: str, body: bytes, digest: str,
+                lock: TagLock | None = None) -> Response:
     decision = governance.check_push(svc, name, ref, digest, policy)
     metrics.decision("push", decision)
     if not decision.allowed:
         governance.deny(svc, "push", decision, _actor(), g.get("actor_id"),
                         repository=name, tag=ref, digest=digest)
-    return _forward_manifest(name, ref, ref, body, digest)
+    return _forward_manifest(name, ref, ref, body, digest, lock)
 
 
-def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest: str) -> Response:
+def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest: str,
+                      lock: TagLock | None = None) -> Response:
     origin = public_origin()
     headers = upstream_headers(origin)
     headers["Content-Length"] = str(len(body))
@@ -318,7 +321,7 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
     resp = relay_buffered(upstream, origin)
     if upstream.status == 201:
         svc = _services()
-        governance.after_manifest_put(svc, name, tag, digest)
+        governance.after_manifest_put(svc, name, tag, digest, lock)
         if tag:  # queued once the answer is on its way: the client does not wait for it
             resp.call_on_close(lambda: governance.scan_after_push(svc, name, digest))
     return resp

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
+from redis.lock import Lock
 
 from service.store import key
+
+log = logging.getLogger("tagwarden.store")
+# KEYS: 1 the repository's tag map, 2 the tag's lock. ARGV: tag, digest, lock token.
+# Records the tag and releases the lock if still ours: 1 released, 0 it had expired.
+RECORD_RELEASE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
 
 # How long a full comparison with the registry's tag list vouches for the map. Pushes through
 # the gateway and registry notifications keep the map current in between; the expiry bounds
@@ -22,11 +37,22 @@ def complete_key(repository: str) -> str:
     return key("tags-complete", repository)
 
 
+class TagLock(Lock):
+    """The lock serialising pushes of one tag; `TagMap.set(..., lock)` releases it together
+    with the write, after which leaving the `with` block has nothing left to do."""
+
+    def release(self) -> None:
+        """Release, unless the tag-map write already did."""
+        if self.local.token is not None:
+            super().release()
+
+
 class TagMap:
     """Tag → digest per repository (a cache of the registry, kept by pushes and webhooks)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
+        self._record_release = client.register_script(RECORD_RELEASE)
 
     def get(self, repository: str, tag: str) -> str | None:
         """The recorded digest of a tag, or None when unknown."""
@@ -41,9 +67,20 @@ class TagMap:
         digest, complete = pipe.execute()
         return digest, bool(complete)
 
-    def set(self, repository: str, tag: str, digest: str) -> None:
-        """Record that a tag points to a digest."""
-        self.r.hset(map_key(repository), tag, digest)
+    def set(self, repository: str, tag: str, digest: str, lock: TagLock | None = None
+            ) -> None:
+        """Record that a tag points to a digest; with the tag's held `lock`, release it in
+        the same round trip."""
+        token = lock.local.token if lock is not None else None
+        if lock is None or token is None:
+            self.r.hset(map_key(repository), tag, digest)
+            return
+        released = self._record_release(keys=[map_key(repository), lock.name],
+                                        args=[tag, digest, token])
+        lock.local.token = None
+        if not released:
+            log.warning("the push lock of %s:%s expired before the push was recorded",
+                        repository, tag)
 
     def forget(self, repository: str, tag: str) -> None:
         """Drop a tag (deleted in the registry)."""
@@ -58,7 +95,7 @@ class TagMap:
         "which tags carry this digest" alone for a while."""
         self.r.set(complete_key(repository), "1", ex=COMPLETE_TTL)
 
-    def lock(self, repository: str, tag: str, timeout: float = 60.0) -> redis.lock.Lock:
+    def lock(self, repository: str, tag: str, timeout: float = 60.0) -> TagLock:
         """A lock serialising pushes of one tag (check, write and record as one step)."""
         return self.r.lock(key("lock", "tag", repository, tag), timeout=timeout,
-                           blocking_timeout=timeout)
+                           blocking_timeout=timeout, lock_class=TagLock)

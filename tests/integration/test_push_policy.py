@@ -186,3 +186,24 @@ def test_policy_api_rejects_malformed_policies_naming_the_field(stack: Stack):
                                 headers={"Content-Type": "application/json"}, timeout=10)
     assert garbage.status_code in (400, 422)
     assert garbage.json()["code"] == "invalid_request"
+
+
+def test_recording_a_pushed_tag_releases_its_lock_in_the_same_call(stack: Stack):
+    """The tag-map write of an immutable push releases the tag's lock (one round trip), but
+    never a lock another push took after ours expired."""
+    from service.store.tagmap import TagMap
+
+    r = stack.redis_client()
+    tags, digest = TagMap(r), "sha256:" + "a" * 64
+    with tags.lock("pol/lock", "v1.0.0") as lock:
+        assert r.exists(lock.name)
+        tags.set("pol/lock", "v1.0.0", digest, lock)
+        assert not r.exists(lock.name) and lock.local.token is None
+    assert tags.get("pol/lock", "v1.0.0") == digest  # leaving the block raised nothing
+    lock = tags.lock("pol/lock", "v2.0.0")
+    assert lock.acquire()
+    r.set(lock.name, "someone-else")  # ours expired; another push holds the tag now
+    tags.set("pol/lock", "v2.0.0", digest, lock)
+    assert r.get(lock.name) == "someone-else"
+    lock.release()  # nothing left to release: no error
+    r.delete(lock.name)

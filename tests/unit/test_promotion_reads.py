@@ -198,3 +198,4 @@ def test_tags_the_map_does_not_hold_keep_the_registry_asked(svc: SimpleNamespace
     svc.registry.calls.clear()
     assert current_digest(svc, REPO, "v3.0.0") is None  # type: ignore[arg-type]
     assert svc.registry.calls == []
+
