@@ -26,6 +26,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_out(out: str, text: str) -> None:
+    """Write a rendered config to a file, or to stdout for `-`."""
+    if out == "-":
+        sys.stdout.write(text)
+    else:
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
 def cmd_registry_config(args: argparse.Namespace) -> int:
     """Write the registry config (compose runs this once before the registry starts)."""
     from service.registry.config import render_registry_config
@@ -40,11 +49,7 @@ def cmd_registry_config(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, addr=args.addr, secret=secret,
         webhook_url=args.webhook_url, webhook_token=token,
     )
-    if args.out == "-":
-        sys.stdout.write(text)
-    else:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    _write_out(args.out, text)
     return 0
 
 
@@ -60,11 +65,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tagwarden nginx-config: {exc}", file=sys.stderr)
         return 2
-    if args.out == "-":
-        sys.stdout.write(text)
-    else:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    _write_out(args.out, text)
     return 0
 
 
