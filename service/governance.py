@@ -34,26 +34,18 @@ def policy_for(svc: Services, repository: str) -> Policy:
 def current_digest(svc: Services, repository: str, tag: str) -> str | None:
     """The digest a tag points to: the gateway's map, else the registry (content from before).
 
-    While the map is known complete (a comparison with the registry's tag list less than
+    While the map is known complete (it was compared with the registry's tag list less than
     COMPLETE_TTL ago; pushes through the gateway and the registry's notifications keep it
     current since), a tag it does not hold does not exist and the registry is not asked."""
-    known, complete = svc.tags.lookup(repository, tag)
+    known, complete, mapped = svc.tags.lookup(repository, tag)
     if known is not None or complete:
         return known
     found = svc.registry.head_manifest(repository, tag)
     if found:
         svc.tags.set(repository, tag, found)
-    else:
-        _vouch_if_complete(svc, repository)
+    elif not mapped and not svc.registry.list_tags(repository):
+        svc.tags.mark_complete(repository)  # a new repository: nothing to know yet
     return found
-
-
-def _vouch_if_complete(svc: Services, repository: str) -> None:
-    """Mark the map complete when it already holds every tag the registry lists (always so
-    for a new repository), so the next new tags need no registry lookup."""
-    listed = svc.registry.list_tags(repository)
-    if not listed or set(listed) <= set(svc.tags.all(repository)):
-        svc.tags.mark_complete(repository)
 
 
 def denial_message(decision: Decision) -> str:

@@ -58,14 +58,16 @@ class TagMap:
         """The recorded digest of a tag, or None when unknown."""
         return self.r.hget(map_key(repository), tag)
 
-    def lookup(self, repository: str, tag: str) -> tuple[str | None, bool]:
-        """(the recorded digest of a tag or None, is the map known complete?) in one round
-        trip: while complete, a tag the map does not hold is not in the registry either."""
+    def lookup(self, repository: str, tag: str) -> tuple[str | None, bool, int]:
+        """(the recorded digest of a tag or None, is the map known complete?, how many tags
+        it holds) in one round trip: while complete, a tag the map does not hold is not in
+        the registry either."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(map_key(repository), tag)
         pipe.exists(complete_key(repository))
-        digest, complete = pipe.execute()
-        return digest, bool(complete)
+        pipe.hlen(map_key(repository))
+        digest, complete, mapped = pipe.execute()
+        return digest, bool(complete), int(mapped)
 
     def set(self, repository: str, tag: str, digest: str, lock: TagLock | None = None
             ) -> None:
