@@ -70,6 +70,24 @@ def _cpu_line(per_gib: dict[str, dict[str, float]], via: str = "gateway") -> str
             f" + registry {g.get('registry', 0):.2f} + client {g.get('client', 0):.2f}")
 
 
+def _throughput_row(name: str, title: str, target: float, res: dict, via: str,
+                    meters: dict[str, list[CpuMeter]], moved: int, peaks: list[int]) -> Row:
+    """The row of a throughput benchmark: per-round ratios to direct, CPU per GiB moved
+    (`moved` bytes per phase) and the gateway's RSS growth."""
+    ratio = ratios(res[via], res["direct"])
+    rs = summary(ratio)
+    row = Row(name, title, "direct registry", "MiB/s", f"≥ {target:.2f} of direct",
+              baseline=summary(res["direct"]), gateway=summary(res[via]),
+              headline=f"{rs['median']:.3f} [{rs['min']:.3f}–{rs['max']:.3f}] of direct",
+              headline_value=rs["median"], headline_spread=(rs["min"], rs["max"]),
+              met=rs["median"] >= target)
+    row.detail = {"ratios": ratio, "direct_rounds": res["direct"], "gateway_rounds": res[via],
+                  "cpu_s_per_gib": {m: _cpu_note(v, moved) for m, v in meters.items()},
+                  "gateway_rss_growth_mib": [round(p / MIB, 1) for p in peaks]}
+    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"], via))
+    return annotate(row, res)
+
+
 # How the gateway side of a pull benchmark is deployed: the default (the gateway streams the
 # bytes itself), or the front-proxy deployment (nginx from `tagwarden nginx-config`: the
 # gateway authorizes each blob GET, nginx sends the file from the registry's storage).
@@ -104,22 +122,11 @@ def pull_single(stack: BenchStack, cfg: Config, blobs: Blobs, via: str = "gatewa
 
     name = "blob_pull_single" + SUFFIX[via]
     res = rounds(stack, cfg, name, run, modes=("direct", via))
-    ratio = ratios(res[via], res["direct"])
-    rs = summary(ratio)
-    row = Row(name, f"blob pull, {_mib(size)}, single stream{TITLE[via]}",
-              "direct registry", "MiB/s", "≥ 0.95 of direct",
-              baseline=summary(res["direct"]), gateway=summary(res[via]),
-              headline=f"{rs['median']:.3f} [{rs['min']:.3f}–{rs['max']:.3f}] of direct",
-              headline_value=rs["median"], headline_spread=(rs["min"], rs["max"]),
-              met=rs["median"] >= 0.95)
-    row.detail = {"ratios": ratio, "direct_rounds": res["direct"],
-                  "gateway_rounds": res[via],
-                  "cpu_s_per_gib": {m: _cpu_note(v, size * repeat) for m, v in meters.items()},
-                  "gateway_rss_growth_mib": [round(p / MIB, 1) for p in peaks]}
-    row.notes.append(f"each phase pulls the blob {repeat}× back to back; the client reads "
+    row = _throughput_row(name, f"blob pull, {_mib(size)}, single stream{TITLE[via]}", 0.95,
+                          res, via, meters, size * repeat, peaks)
+    row.notes.insert(0, f"each phase pulls the blob {repeat}× back to back; the client reads "
                      "with 1 MiB recv_into and shares the 2 cores with registry and gateway")
-    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"], via))
-    return annotate(row, res)
+    return row
 
 
 def _concurrent(stack: BenchStack, mode: str, digests: list[str], size: int) -> float:
@@ -171,22 +178,9 @@ def pull_concurrent(stack: BenchStack, cfg: Config, blobs: Blobs, via: str = "ga
 
     name = "blob_pull_concurrent" + SUFFIX[via]
     res = rounds(stack, cfg, name, run, modes=("direct", via))
-    ratio = ratios(res[via], res["direct"])
-    rs = summary(ratio)
-    row = Row(name,
-              f"blob pull, {cfg.streams} concurrent streams of {_mib(size)}{TITLE[via]}",
-              "direct registry", "MiB/s", "≥ 0.90 of direct",
-              baseline=summary(res["direct"]), gateway=summary(res[via]),
-              headline=f"{rs['median']:.3f} [{rs['min']:.3f}–{rs['max']:.3f}] of direct",
-              headline_value=rs["median"], headline_spread=(rs["min"], rs["max"]),
-              met=rs["median"] >= 0.90)
-    row.detail = {"ratios": ratio, "direct_rounds": res["direct"],
-                  "gateway_rounds": res[via],
-                  "cpu_s_per_gib": {m: _cpu_note(v, size * len(digests))
-                                    for m, v in meters.items()},
-                  "gateway_rss_growth_mib": [round(p / MIB, 1) for p in peaks]}
-    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"], via))
-    return annotate(row, res)
+    return _throughput_row(
+        name, f"blob pull, {cfg.streams} concurrent streams of {_mib(size)}{TITLE[via]}", 0.90,
+        res, via, meters, size * len(digests), peaks)
 
 
 def push(stack: BenchStack, cfg: Config) -> Row:
@@ -211,20 +205,8 @@ def push(stack: BenchStack, cfg: Config) -> Row:
         return size / MIB / meter.wall
 
     res = rounds(stack, cfg, "blob_push", run)
-    ratio = ratios(res["gateway"], res["direct"])
-    rs = summary(ratio)
-    row = Row("blob_push", f"blob push (chunked PATCH + PUT), {_mib(size)}",
-              "direct registry", "MiB/s", "≥ 0.90 of direct",
-              baseline=summary(res["direct"]), gateway=summary(res["gateway"]),
-              headline=f"{rs['median']:.3f} [{rs['min']:.3f}–{rs['max']:.3f}] of direct",
-              headline_value=rs["median"], headline_spread=(rs["min"], rs["max"]),
-              met=rs["median"] >= 0.90)
-    row.detail = {"ratios": ratio, "direct_rounds": res["direct"],
-                  "gateway_rounds": res["gateway"],
-                  "cpu_s_per_gib": {m: _cpu_note(v, size) for m, v in meters.items()},
-                  "gateway_rss_growth_mib": [round(p / MIB, 1) for p in peaks]}
-    row.notes.append(_cpu_line(row.detail["cpu_s_per_gib"]))
-    return annotate(row, res)
+    return _throughput_row("blob_push", f"blob push (chunked PATCH + PUT), {_mib(size)}", 0.90,
+                           res, "gateway", meters, size, peaks)
 
 
 def rss(stack: BenchStack, cfg: Config, blobs: Blobs) -> Row:

@@ -9,7 +9,7 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -233,7 +233,7 @@ class Http:
             yield view[:n]
         self._finish(headers)
 
-    def stream_upload(self, method: str, path: str, chunks: Iterator[bytes],
+    def stream_upload(self, method: str, path: str, chunks: Iterable[bytes],
                       headers: dict[str, str] | None = None) -> tuple[int, Headers, bytes]:
         """Send a body with Transfer-Encoding: chunked, one sendall per piece (as docker does)."""
         sock = self.sock or self._connect()
@@ -280,6 +280,11 @@ def path_of(location: str) -> str:
 
 def push_blob(http_: Http, repository: str, seed: str, size: int, digest: str) -> float:
     """POST + chunked PATCH (streamed 1 MiB at a time) + PUT ?digest=; seconds taken."""
+    return upload(http_, repository, chunks(seed, size), digest)
+
+
+def upload(http_: Http, repository: str, pieces: Iterable[bytes], digest: str) -> float:
+    """POST + one chunked PATCH streaming `pieces` + PUT ?digest=; seconds taken."""
     started = time.perf_counter()
     status, headers, body = http_.request("POST", f"/v2/{repository}/blobs/uploads/",
                                           headers={"Content-Length": "0"})
@@ -287,8 +292,7 @@ def push_blob(http_: Http, repository: str, seed: str, size: int, digest: str) -
         raise RuntimeError(f"upload start answered {status}: {body[:300]!r}")
     location = path_of(headers["Location"])
     status, headers, body = http_.stream_upload(
-        "PATCH", location, chunks(seed, size),
-        headers={"Content-Type": "application/octet-stream"})
+        "PATCH", location, pieces, headers={"Content-Type": "application/octet-stream"})
     if status != 202:
         raise RuntimeError(f"PATCH answered {status}: {body[:300]!r}")
     location = path_of(headers["Location"])

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -86,18 +87,22 @@ def _frame(raw: str) -> str:
     return f"{name} ({short})" if short else name
 
 
+def _samples(path: Path) -> Iterator[tuple[list[str], int]]:
+    """(raw frames, sample count) per line of a py-spy collapsed-stack file."""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack.split(";"), int(count)
+
+
 def summarize(path: Path, n: int = 15) -> dict[str, list[tuple[str, float]]]:
     """Top frames by self samples and by inclusive samples, as shares of all samples."""
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        k = int(count)
+    for raw, k in _samples(path):
         total += k
-        frames = [_frame(f) for f in stack.split(";") if f]
+        frames = [_frame(f) for f in raw if f]
         # drop the process/thread header frames py-spy puts first
         frames = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not frames:
@@ -141,13 +146,8 @@ def layers(path: Path) -> list[tuple[str, float]]:
     """Share of samples per layer (see LAYERS), largest first."""
     counts: Counter[str] = Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        k = int(count)
+    for frames, k in _samples(path):
         total += k
-        frames = stack.split(";")
         for label, needles in LAYERS:
             if any(n in f for f in frames for n in needles):
                 counts[label] += k

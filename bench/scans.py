@@ -19,12 +19,13 @@ import tarfile
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench.client import MIB, Http, path_of, put_small_blob
+from bench.client import MIB, Http, put_small_blob, upload
 from bench.config import Config
 from bench.harness import CpuMeter
 from bench.report import Row
@@ -104,27 +105,12 @@ def _layer_file(workdir: Path, index: int, target: int) -> dict[str, Any]:
 
 
 def _push_file(http_: Http, layer: dict[str, Any]) -> None:
-    status, headers, body = http_.request("POST", f"/v2/{REPO}/blobs/uploads/",
-                                          headers={"Content-Length": "0"})
-    if status != 202:
-        raise RuntimeError(f"upload start answered {status}")
-
-    def pieces() -> Any:
+    def pieces() -> Iterator[bytes]:
         with open(layer["path"], "rb") as f:
             while chunk := f.read(MIB):
                 yield chunk
 
-    status, headers, body = http_.stream_upload("PATCH", path_of(headers["Location"]),
-                                                pieces(),
-                                                {"Content-Type": "application/octet-stream"})
-    if status != 202:
-        raise RuntimeError(f"PATCH answered {status}: {body[:200]!r}")
-    location = path_of(headers["Location"])
-    sep = "&" if "?" in location else "?"
-    status, _, body = http_.request("PUT", f"{location}{sep}digest={layer['digest']}",
-                                    headers={"Content-Length": "0"})
-    if status != 201:
-        raise RuntimeError(f"PUT answered {status}: {body[:200]!r}")
+    upload(http_, REPO, pieces(), layer["digest"])
 
 
 def build_and_push(stack: BenchStack, cfg: Config) -> dict[str, Any]:
