@@ -24,7 +24,7 @@ from service.domain.errors import DomainError
 from service.services import Services
 
 PATH = "/api/v1/webhooks/registry"
-ROUTE = PATH  # the Flask rule, used as the metrics label by both lanes
+
 
 log = logging.getLogger("tagwarden.access")
 
@@ -37,8 +37,8 @@ class WebhookFastPath:
     def __init__(self, app: WsgiApp, svc: Services) -> None:
         self.app = app
         self.svc = svc
-        self.requests = metrics.REQUESTS.labels("POST", ROUTE, "200")
-        self.latency = metrics.LATENCY.labels("POST", ROUTE, "200")
+        self.requests = metrics.REQUESTS.labels("POST", PATH, "200")
+        self.latency = metrics.LATENCY.labels("POST", PATH, "200")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
@@ -72,6 +72,6 @@ class WebhookFastPath:
         self.latency.observe(duration)
         if log.isEnabledFor(logging.DEBUG):  # one line per registry event is noise at INFO
             log.debug("POST %s 200", PATH, extra={"fields": {
-                "request_id": rid, "method": "POST", "path": PATH, "route": ROUTE,
+                "request_id": rid, "method": "POST", "path": PATH, "route": PATH,
                 "status": 200, "duration_ms": round(duration * 1000, 2), "actor": None}})
         return [out]

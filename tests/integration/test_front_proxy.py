@@ -93,9 +93,13 @@ def test_gateway_reached_directly_still_streams(stack: Stack, pushed: oci.Image)
     """Without nginx's header the gateway streams the blob itself, even with accel on;
     a client forging the header gets no bytes from storage, only an empty answer."""
     layer = pushed.layers[0]
-    resp = V2.get(f"{stack.gw_url}/v2/front/app/blobs/{layer.digest}", timeout=10)
+    url = f"{stack.gw_url}/v2/front/app/blobs/{layer.digest}"
+    resp = V2.get(url, timeout=10)
     assert resp.status_code == 200 and resp.content == layer.data
     assert "X-Accel-Redirect" not in resp.headers
+    forged = V2.get(url, headers={"X-Tagwarden-Blob-Accel": procs.ACCEL_PATH}, timeout=10)
+    assert forged.status_code == 200 and forged.content == b""
+    assert forged.headers["X-Accel-Redirect"].startswith(procs.ACCEL_PATH)
 
 
 def test_manifest_governance_still_applies_through_nginx(front: str, pushed: oci.Image):
