@@ -135,7 +135,8 @@ def registry_access(method: str, route: V2Route, query: dict[str, str]
     if method in ("GET", "HEAD"):
         return [("pull", route.name)]
     if method == "DELETE":
-        return [("delete", route.name)]
+        # a blob delete unlinks a layer every manifest of the repository may need
+        return [("delete blobs of" if route.kind == "blob" else "delete", route.name)]
     needs = [("push", route.name)]
     source = query.get("from")
     if query.get("mount") and source:
@@ -153,9 +154,10 @@ def authorize_registry(principal: Principal | None, needs: list[tuple[str, str]]
             if action == "pull" and anonymous_pull:
                 continue
             raise Unauthorized("authentication required: log in with a Tagwarden token")
-        if action != "pull" and not principal.at_least("ci"):
-            raise Forbidden(f"{action} needs a 'ci' or 'admin' token; {principal.name!r} is "
-                            f"{principal.role!r}")
+        needed = "admin" if action == "delete blobs of" else "ci"
+        if action != "pull" and not principal.at_least(needed):
+            raise Forbidden(f"{action} needs {'an admin' if needed == 'admin' else 'a ci or admin'}"
+                            f" token; {principal.name!r} is {principal.role!r}")
         if repository and not principal.covers(repository):
             raise Forbidden(f"token {principal.name!r} is not allowed to {action} "
                             f"{repository!r}")

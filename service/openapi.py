@@ -77,6 +77,7 @@ EXTRA_ERRORS: dict[str, tuple[int, ...]] = {
     "scans.get_sbom": (409,),
     "events.create_subscription": (400,),
     "tokens.create_token": (400,),
+    "tag_bindings.release_binding": (400, 404),
     WEBHOOK_ENDPOINT: (400, 401, 413, 415, 503),
 }
 IDEMPOTENT_ENDPOINTS = ("promotions.create_promotion", "promotions.create_rollback")

@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 
@@ -19,7 +20,7 @@ from service.registry.client import (
     RegistryClient,
     sha256_digest,
 )
-from service.registry.routes import BadRoute
+from service.registry.routes import QUERY_PARAMS, BadRoute, V2Route
 from service.services import Services
 from service.store.tagmap import TagLock
 
@@ -40,11 +41,16 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
-# Headers the gateway sets itself (or must not forward upstream).
+# Client headers the registry may see; the gateway sets Content-Length, Content-Type and the
+# forwarding headers itself, and every other header (Forwarded, X-Forwarded-*, cookies, the
+# token) stays here: the registry builds Location from `Forwarded`, for one.
+REQUEST_PASS = frozenset({"accept", "accept-encoding", "range", "if-range", "if-match",
+                          "if-none-match", "if-modified-since", "user-agent"})
 REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "expect",
                              "x-tagwarden-blob-accel"}
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+BODY_METHODS = ("POST", "PUT", "PATCH")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Set by the front proxy's config (nginx.conf.tmpl): only requests that came through it, and
 # so will have the X-Accel-Redirect acted on, are answered that way; others are streamed.
@@ -85,7 +91,8 @@ def public_origin() -> str:
 
 def upstream_headers(origin: str) -> dict[str, str]:
     """Client headers minus hop-by-hop ones, plus forwarding headers naming our origin."""
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in REQUEST_DROP}
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() in REQUEST_PASS and k.lower() not in REQUEST_DROP}
     proto, _, host = origin.partition("://")
     headers["X-Forwarded-Proto"] = proto
     headers["X-Forwarded-Host"] = host
@@ -99,7 +106,10 @@ def upstream_headers(origin: str) -> dict[str, str]:
 
 
 def _request_body() -> tuple[Any, bool, int | None]:
-    """(body, chunked, length): the client body as a stream, never read whole."""
+    """(body, chunked, length): the client body as a stream, never read whole; none for the
+    methods whose body the registry ignores."""
+    if request.method not in BODY_METHODS:
+        return None, False, None
     length = request.content_length
     if length:
         lift_deadline(request.environ)  # a layer may take long; the idle timeout still holds
@@ -154,22 +164,38 @@ def relay(upstream: Any, origin: str, head: bool = False) -> Response:
                          headers)
 
 
-def forward(path: str) -> Response:
-    """Pass the current request through to the registry unchanged, streaming both ways."""
+def upstream_target(route: V2Route) -> str:
+    """The upstream path and query, rebuilt from what was parsed and authorized: the
+    canonical path, and only the query parameters the registry reads for that route (their
+    first values, as authorization read them). A mount needs both `mount` and `from`."""
+    args = {k: request.args.get(k) for k in QUERY_PARAMS.get(route.kind, ())}
+    if not (args.get("mount") and args.get("from")):
+        args.pop("mount", None)
+        args.pop("from", None)
+    query = urlencode([(k, v) for k, v in args.items() if v is not None])
+    return "/v2/" + route.path + (f"?{query}" if query else "")
+
+
+def forward(route: V2Route) -> Response:
+    """Pass the request through to the registry as authorized, streaming both ways."""
     origin = public_origin()
     headers = upstream_headers(origin)
     body, chunked, length = _request_body()
     if length is not None:
         headers["Content-Length"] = str(length)
-    query = request.query_string.decode("latin-1")
-    target = "/v2/" + path + (f"?{query}" if query else "")
+    if body is not None:  # never a form: distribution would read parameters out of it
+        headers["Content-Type"] = "application/octet-stream"
     upstream = _client().request(
-        request.method, target, headers=headers, body=body, chunked=chunked
+        request.method, upstream_target(route), headers=headers, body=body, chunked=chunked
     )
+    if route.kind == "upload" and "mount" in request.args:
+        governance.record_mount(_services(), route.name, request.args.get("from"),
+                                request.args.get("mount"), upstream.status, _actor(),
+                                g.get("actor_id"))
     return relay(upstream, origin, head=request.method == "HEAD")
 
 
-def accel_blob(path: str, name: str, digest: str) -> Response:
+def accel_blob(route: V2Route) -> Response:
     """Front-proxy mode: authorize a blob GET here, let nginx send the bytes.
 
     The registry is asked (HEAD) whether the blob exists *in this repository*; if it does,
@@ -177,12 +203,12 @@ def accel_blob(path: str, name: str, digest: str) -> Response:
     maps onto the registry's filesystem storage, and the front proxy serves the file
     (sendfile, Range included). Anything else is proxied as usual, so errors keep the
     registry's own envelope."""
+    digest = route.ref
     headers = {k: v for k, v in upstream_headers(public_origin()).items()
                if k.lower() not in ("range", "if-range")}  # nginx applies the Range
-    upstream = _client().request("HEAD", f"/v2/{name}/blobs/{digest}", headers=headers,
-                                 stream=False)
+    upstream = _client().request("HEAD", "/v2/" + route.path, headers=headers, stream=False)
     if upstream.status != 200:
-        return forward(path)
+        return forward(route)
     hex_digest = digest.partition(":")[2]
     resp = Response(status=200)
     resp.headers.clear()
@@ -291,31 +317,32 @@ def put_manifest(name: str, ref: str) -> Response:
         if not DIGEST_RE.match(ref) or ref != digest:
             return registry_error(400, "DIGEST_INVALID", "provided digest did not match "
                                   "uploaded content", {"expected": ref, "computed": digest})
-        return _forward_manifest(name, ref, None, body, digest)
+        return _forward_manifest(name, ref, None, body, digest, media_type)
     svc = _services()
     policy = governance.policy_for(svc, name)
     if not is_immutable(policy, ref):
-        return _govern_put(svc, policy, name, ref, body, digest)
+        return _govern_put(svc, policy, name, ref, body, digest, media_type)
     # check, write and record an immutable tag as one step (recording it releases the lock)
     with svc.tags.lock(name, ref) as lock:
-        return _govern_put(svc, policy, name, ref, body, digest, lock)
+        return _govern_put(svc, policy, name, ref, body, digest, media_type, lock)
 
 
 def _govern_put(svc: Services, policy: Any, name: str, ref: str, body: bytes, digest: str,
-                lock: TagLock | None = None) -> Response:
+                media_type: str, lock: TagLock | None = None) -> Response:
     decision = governance.check_push(svc, name, ref, digest, policy)
     metrics.decision("push", decision)
     if not decision.allowed:
         governance.deny(svc, "push", decision, _actor(), g.get("actor_id"),
                         repository=name, tag=ref, digest=digest)
-    return _forward_manifest(name, ref, ref, body, digest, lock)
+    return _forward_manifest(name, ref, ref, body, digest, media_type, lock)
 
 
 def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest: str,
-                      lock: TagLock | None = None) -> Response:
+                      media_type: str, lock: TagLock | None = None) -> Response:
     origin = public_origin()
     headers = upstream_headers(origin)
     headers["Content-Length"] = str(len(body))
+    headers["Content-Type"] = media_type  # the validated type, never the client's header
     upstream = _client().request("PUT", f"/v2/{name}/manifests/{ref}", headers=headers,
                                  body=body, stream=False)
     resp = relay_buffered(upstream, origin)
@@ -327,18 +354,31 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
     return resp
 
 
-def delete_manifest(name: str, ref: str) -> Response:
-    """Govern a manifest DELETE: a digest an environment points to stays."""
-    svc = _services()
+def delete_manifest(route: V2Route) -> Response:
+    """Govern a manifest DELETE: what an environment, an immutable tag or a protected index
+    needs stays."""
+    svc, name, ref = _services(), route.name, route.ref
     decision = governance.check_delete(svc, name, ref)
     metrics.decision("delete", decision)
     if not decision.allowed:
         governance.deny(svc, "delete", decision, _actor(), g.get("actor_id"), repository=name,
                         reference=ref)
-    response = forward(f"{name}/manifests/{ref}")
+    response = forward(route)
     if response.status_code == 202 and DIGEST_RE.match(ref):
         governance.after_manifest_delete(svc, name, ref)
     return response
+
+
+def delete_blob(route: V2Route) -> Response:
+    """Govern a blob DELETE (admin only, checked before): a blob a protected manifest uses
+    stays."""
+    svc = _services()
+    decision = governance.check_blob_delete(svc, route.name, route.ref)
+    metrics.decision("delete", decision)
+    if not decision.allowed:
+        governance.deny(svc, "delete", decision, _actor(), g.get("actor_id"),
+                        repository=route.name, digest=route.ref)
+    return forward(route)
 
 
 @bp.route("/v2/", methods=METHODS, defaults={"path": ""})
@@ -350,9 +390,11 @@ def v2(path: str) -> Response:
         return tags_list(route.name)
     if (request.method == "GET" and route.kind == "blob" and _services().settings.blob_accel_path
             and request.headers.get(ACCEL_HEADER) == _services().settings.blob_accel_path):
-        return accel_blob(path, route.name, route.ref)
+        return accel_blob(route)
     if request.method in ("PUT", "DELETE") and route.kind == "manifest":
         if request.method == "PUT":
             return put_manifest(route.name, route.ref)
-        return delete_manifest(route.name, route.ref)
-    return forward(path)
+        return delete_manifest(route)
+    if request.method == "DELETE" and route.kind == "blob":
+        return delete_blob(route)
+    return forward(route)

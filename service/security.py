@@ -31,6 +31,7 @@ AUDITED = {
     "events.create_subscription": "subscription.create",
     "events.delete_subscription": "subscription.delete",
     "events.redeliver": "delivery.redeliver",
+    "tag_bindings.release_binding": "tag_binding.release",
 }
 
 
@@ -49,10 +50,13 @@ def _set_actor(principal: auth.Principal | None) -> None:
 
 def _target() -> dict[str, Any]:
     target: dict[str, Any] = dict(request.view_args or {})
+    for name in ("repository", "tag"):  # listings and releases name them in the query
+        if isinstance(request.args.get(name), str):
+            target[name] = request.args[name]
     body = request.get_json(silent=True) if request.is_json else None
     if isinstance(body, dict):
         for name in ("repository", "environment", "name", "role", "tag", "digest", "to",
-                     "reference", "from_environment"):
+                     "reference", "from_environment", "reason"):
             if isinstance(body.get(name), str):
                 target[name] = body[name]
         if isinstance(body.get("url"), str):

@@ -11,9 +11,11 @@ from service import store
 from service.config import Settings
 from service.registry.client import RegistryClient
 from service.store.audit import AuditStore
+from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
 from service.store.events import EventStore
 from service.store.inbox import Inbox
+from service.store.manifests import ManifestRefs
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
 from service.store.scans import ScanStore
@@ -34,6 +36,8 @@ class Services:
     registry: RegistryClient
     policies: PolicyStore
     tags: TagMap
+    bindings: TagBindings
+    manifests: ManifestRefs
     events: EventStore
     environments: EnvironmentStore
     promotions: PromotionStore
@@ -61,6 +65,8 @@ class Services:
             ),
             policies=PolicyStore(client),
             tags=TagMap(client),
+            bindings=TagBindings(client),
+            manifests=ManifestRefs(client),
             events=EventStore(client),
             environments=EnvironmentStore(client),
             promotions=PromotionStore(client),

@@ -86,12 +86,18 @@ def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
         if svc.tags.get(repository, tag) == digest:
             return  # pushed through the gateway, which recorded it and queued scan-on-push
         with svc.tags.lock(repository, tag):
-            known = svc.tags.get(repository, tag)
-            if is_immutable(policy, tag) and known is not None and known != digest:
+            immutable = is_immutable(policy, tag)
+            bound = svc.bindings.get(repository, tag) if immutable else None
+            expected = bound or svc.tags.get(repository, tag)
+            if immutable and expected is not None and expected != digest:
                 found = _settled(svc, repository, tag, digest)
-                drift.check_tag(svc, repository, tag, known, found, "immutable")
-            else:
-                svc.tags.set(repository, tag, digest)
+                drift.check_tag(svc, repository, tag, expected, found, "immutable")
+            elif _settled(svc, repository, tag, digest) == digest:
+                svc.tags.set(repository, tag, digest, bind=immutable)
+            else:  # an event the registry does not bear out (forged, or overtaken since)
+                log.warning("push event %s for %s:%s not confirmed by the registry",
+                            event.get("id"), repository, tag)
+                return
     if tag:  # an index's children arrive untagged: the tagged index covers them
         governance.scan_after_push(svc, repository, digest)
 
@@ -136,10 +142,11 @@ def on_delete(svc: Services, event: dict[str, Any]) -> None:
         if tag in pointers:
             drift.check_tag(svc, repository, tag, pointers[tag],
                             svc.registry.head_manifest(repository, tag), "environment")
-        else:
+        elif svc.registry.head_manifest(repository, tag) is None:  # events are checked
             svc.tags.forget(repository, tag)
     elif digest:
-        governance.after_manifest_delete(svc, repository, digest)
+        if svc.registry.head_manifest(repository, digest) is None:
+            governance.after_manifest_delete(svc, repository, digest)
         for env, pointed in pointers.items():
             if pointed == digest:
                 drift.check_tag(svc, repository, env, pointed,

@@ -174,21 +174,53 @@ def evaluate_delete(
     digest: str,
     tags_of_digest: Sequence[str],
     env_pointers: Mapping[str, str | None],
+    protected_parents: Mapping[str, str] | None = None,
 ) -> Decision:
-    """Decide a manifest delete: denied while an environment points at the digest."""
+    """Decide a manifest delete by digest. The registry removes every tag of the digest with
+    it, so the delete is denied while an environment points at the digest, while any of its
+    tags is an environment's or immutable, or while an index holding it is protected
+    (`protected_parents`: index digest → why it is protected)."""
     _check_names(repository)
     in_use = [env for env, pointed in env_pointers.items() if pointed == digest]
     # An environment tag carried in the registry counts too, even if the pointer disagrees.
     in_use += [t for t in tags_of_digest if t in policy.environments and t not in in_use]
-    if not in_use:
+    violations = []
+    if in_use:
+        order = {env: i for i, env in enumerate(policy.environments)}
+        in_use.sort(key=lambda env: (order.get(env, len(order)), env))
+        names = ", ".join(f"'{env}'" for env in in_use)
+        message = (
+            f"digest {digest} is in use by environment {names} of {repository}; "
+            "promote another digest there before deleting it"
+        )
+        violations.append(Violation("delete.in_use", message, policy.name))
+    immutable = sorted({t for t in tags_of_digest if is_immutable(policy, t)})
+    if immutable:
+        names = ", ".join(f"'{t}'" for t in immutable)
+        message = (
+            f"digest {digest} carries immutable tag {names} of {repository}, bound to it "
+            "for good; a delete would free the tag for other content (an admin can release "
+            "the binding with DELETE /api/v1/tag-bindings)"
+        )
+        violations.append(Violation("delete.in_use", message, policy.name))
+    for parent, why in sorted((protected_parents or {}).items()):
+        message = (f"digest {digest} belongs to index {parent} ({why}) in {repository}; "
+                   "it cannot be deleted while the index is protected")
+        violations.append(Violation("delete.in_use", message, policy.name))
+    return Decision.of(policy, violations)
+
+
+def evaluate_blob_delete(
+    policy: Policy, repository: str, blob: str, users: Mapping[str, str]
+) -> Decision:
+    """Decide a blob delete: denied while a protected manifest uses the blob (`users`:
+    manifest digest → why it is protected)."""
+    _check_names(repository)
+    if not users:
         return Decision.of(policy, [])
-    order = {env: i for i, env in enumerate(policy.environments)}
-    in_use.sort(key=lambda env: (order.get(env, len(order)), env))
-    names = ", ".join(f"'{env}'" for env in in_use)
-    message = (
-        f"digest {digest} is in use by environment {names} of {repository}; "
-        "promote another digest there before deleting it"
-    )
+    named = "; ".join(f"{d} ({why})" for d, why in sorted(users.items()))
+    message = (f"blob {blob} of {repository} is used by {named}; deleting it would break "
+               "what runs there")
     return Decision.of(policy, [Violation("delete.in_use", message, policy.name)])
 
 

@@ -44,6 +44,34 @@ class V2Route:
     name: str = ""
     ref: str = ""
 
+    @property
+    def path(self) -> str:
+        """The canonical path (after `/v2/`) of this route, rebuilt from the parsed values:
+        what is forwarded upstream, whatever spelling the client used."""
+        return PATHS[self.kind].format(name=self.name, ref=self.ref)
+
+
+PATHS = {
+    "base": "",
+    "catalog": "_catalog",
+    "manifest": "{name}/manifests/{ref}",
+    "tags": "{name}/tags/list",
+    "upload": "{name}/blobs/uploads/",
+    "upload_session": "{name}/blobs/uploads/{ref}",
+    "blob": "{name}/blobs/{ref}",
+    "referrers": "{name}/referrers/{ref}",
+}
+# Query parameters the registry reads, per route kind: the only ones forwarded (rebuilt from
+# their parsed values). distribution reads `mount`, `from`, `digest` and `_state` with
+# FormValue, so a form body could carry them too: bodies never reach it as a form.
+QUERY_PARAMS = {
+    "catalog": ("n", "last"),
+    "tags": ("n", "last"),
+    "upload": ("mount", "from", "digest"),
+    "upload_session": ("_state", "digest"),
+    "referrers": ("artifactType",),
+}
+
 
 def _check_ref(kind: str, ref: str) -> None:
     if kind in ("blob", "referrers") and not DIGEST_RE.match(ref):

@@ -8,12 +8,17 @@ import redis
 from redis.lock import Lock
 
 from service.store import key
+from service.store.bindings import binding_value, bindings_key
 
 log = logging.getLogger("tagwarden.store")
-# KEYS: 1 the repository's tag map, 2 the tag's lock. ARGV: tag, digest, lock token.
-# Records the tag and releases the lock if still ours: 1 released, 0 it had expired.
+# KEYS: 1 the repository's tag map, 2 the tag's lock, 3 its bindings. ARGV: tag, digest,
+# lock token, binding ("" for none). Records the tag (and binds it when asked) and releases
+# the lock if still ours: 1 released, 0 it had expired.
 RECORD_RELEASE = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[4])
+end
 if redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('DEL', KEYS[2])
   return 1
@@ -69,16 +74,24 @@ class TagMap:
         digest, complete, mapped = pipe.execute()
         return digest, bool(complete), int(mapped)
 
-    def set(self, repository: str, tag: str, digest: str, lock: TagLock | None = None
-            ) -> None:
-        """Record that a tag points to a digest; with the tag's held `lock`, release it in
-        the same round trip."""
+    def set(self, repository: str, tag: str, digest: str, lock: TagLock | None = None,
+            bind: bool = False) -> None:
+        """Record that a tag points to a digest (and, with `bind`, bind the immutable tag to
+        it unless already bound); with the tag's held `lock`, release it in the same round
+        trip."""
         token = lock.local.token if lock is not None else None
-        if lock is None or token is None:
+        if (lock is None or token is None) and not bind:
             self.r.hset(map_key(repository), tag, digest)
             return
-        released = self._record_release(keys=[map_key(repository), lock.name],
-                                        args=[tag, digest, token])
+        if lock is None or token is None:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(map_key(repository), tag, digest)
+            pipe.hsetnx(bindings_key(repository), tag, binding_value(digest))
+            pipe.execute()
+            return
+        released = self._record_release(
+            keys=[map_key(repository), lock.name, bindings_key(repository)],
+            args=[tag, digest, token, binding_value(digest) if bind else ""])
         lock.local.token = None
         if not released:
             log.warning("the push lock of %s:%s expired before the push was recorded",
@@ -91,6 +104,10 @@ class TagMap:
     def all(self, repository: str) -> dict[str, str]:
         """Every recorded tag of a repository."""
         return self.r.hgetall(map_key(repository))
+
+    def is_complete(self, repository: str) -> bool:
+        """Whether the map was compared with the registry's tag list recently."""
+        return bool(self.r.exists(complete_key(repository)))
 
     def mark_complete(self, repository: str) -> None:
         """The map was just compared with the registry's full tag list: it can answer

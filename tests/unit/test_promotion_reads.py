@@ -16,6 +16,7 @@ from service.domain.durations import format_time
 from service.domain.policy import DEFAULT_POLICY
 from service.promotions import digest_tags
 from service.store import key
+from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
@@ -49,8 +50,9 @@ class Registry:
 @pytest.fixture
 def svc() -> SimpleNamespace:
     r = fakeredis.FakeRedis(decode_responses=True)
-    return SimpleNamespace(redis=r, tags=TagMap(r), promotions=PromotionStore(r),
-                           scans=ScanStore(r), environments=EnvironmentStore(r),
+    return SimpleNamespace(redis=r, tags=TagMap(r), bindings=TagBindings(r),
+                           promotions=PromotionStore(r), scans=ScanStore(r),
+                           environments=EnvironmentStore(r),
                            policies=PolicyStore(r), vulndb=VulnDB(r), registry=Registry({}))
 
 
@@ -162,6 +164,7 @@ def test_the_gateways_own_environment_push_queues_no_scan(svc: SimpleNamespace,
 def test_an_ordinary_push_and_a_foreign_environment_push_are_scanned(
         svc: SimpleNamespace, scanned: list[str]) -> None:
     svc.tags.lock = lambda *_a, **_k: contextlib.nullcontext()  # redis-py's lock needs Lua
+    svc.registry.tags = {"v1.0.0": A}  # the registry bears the event out
     events.on_manifest_push(svc, push_event("v1.0.0", A))  # type: ignore[arg-type]
     events.on_manifest_push(svc, push_event("production", B))  # type: ignore[arg-type]
     assert scanned == [A, B]
