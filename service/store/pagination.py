@@ -27,7 +27,8 @@ def decode_cursor(cursor: str) -> str:
         value = base64.urlsafe_b64decode(padded.encode()).decode()
     except (ValueError, UnicodeDecodeError):
         value = ""
-    if not STREAM_ID.match(value):
+    # each half of a stream id is an unsigned 64-bit number; Redis refuses anything larger
+    if not STREAM_ID.fullmatch(value) or any(int(p) >= 2**64 for p in value.split("-")):
         raise InvalidRequest("invalid cursor", errors={"cursor": ["not a cursor from this API"]})
     return value
 
