@@ -6,6 +6,7 @@ import base64
 import binascii
 import fnmatch
 import hmac
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,20 @@ from service.store.tokens import secret_hash
 
 ROLE_RANK = {"reader": 1, "ci": 2, "admin": 3}
 BOOTSTRAP_ID = "bootstrap-admin"
+GLOB_CHARS = frozenset("*?[")
+
+
+def glob_within(inner: str, outer: str) -> bool:
+    """Whether every name glob `inner` matches is also matched by glob `outer` (conservative:
+    False when that cannot be shown cheaply)."""
+    if inner == outer or outer == "*":
+        return True
+    if not GLOB_CHARS.intersection(inner):
+        return fnmatch.fnmatchcase(inner, outer)
+    prefix = outer[:-1]
+    # `prefix*` (no other wildcard) holds every glob that starts with the literal prefix
+    return outer.endswith("*") and not GLOB_CHARS.intersection(prefix) and inner.startswith(
+        prefix)
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,25 @@ class Principal:
     def covers(self, repository: str) -> bool:
         """Whether a repository is inside this caller's globs."""
         return any(fnmatch.fnmatchcase(repository, g) for g in self.repositories)
+
+    @property
+    def unscoped(self) -> bool:
+        """Whether the token's globs cover every repository (`*`)."""
+        return "*" in self.repositories
+
+    def sees(self, repository: str | None) -> bool:
+        """Whether a listed item about `repository` is shown to this caller; an item about no
+        repository (a token, a policy) only to an unscoped one."""
+        return self.unscoped or (repository is not None and self.covers(repository))
+
+    def sees_globs(self, globs: Iterable[str]) -> bool:
+        """Whether every repository the globs match is inside this caller's globs."""
+        return self.unscoped or all(any(glob_within(inner, outer) for outer in self.repositories)
+                                    for inner in globs)
+
+    def listing_filter(self) -> Callable[[str | None], bool] | None:
+        """What a listing keeps for this caller, by repository; None when it keeps all."""
+        return None if self.unscoped else self.sees
 
     def may_enter(self, environment: str) -> bool:
         """Whether this caller may promote into an environment."""

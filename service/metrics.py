@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service import multiproc
+from service.bodies import peek_json
 from service.services import Services
 
 log = logging.getLogger("tagwarden.metrics")
@@ -215,7 +216,7 @@ def _finish(resp: Response) -> Response:
         PROXY_BYTES.labels("out").inc(sum(len(chunk) for chunk in resp.response))
     kind = PROMOTION_ENDPOINTS.get(request.endpoint or "")
     if kind is not None:
-        body = request.get_json(silent=True) if request.is_json else None
+        body = peek_json()
         env = body.get("environment") if isinstance(body, dict) else None
         promotion(kind, env if isinstance(env, str) else None,
                   promotion_outcome(resp.status_code))

@@ -42,14 +42,20 @@ def resolve(host: str, port: int) -> list[ipaddress._BaseAddress]:
 
 def check_url(url: str, allowlist: tuple[str, ...], field: str = "url") -> str:
     """The URL if it may be called; InvalidRequest naming why not."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.port == 0:
+            raise ValueError("Port 0 cannot be connected to")
+    except ValueError as exc:  # a port out of 0-65535 or not a number, a bad [IPv6] host
+        raise InvalidRequest(f"invalid URL: {exc}", errors={field: [f"invalid URL: {exc}"]}
+                             ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("subscription URLs must be http(s) with a host",
                              errors={field: ["must be an http or https URL"]})
     if parts.username or parts.password:
         raise InvalidRequest("credentials in the URL are not allowed; use the secret",
                              errors={field: ["must not contain user:password"]})
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = resolve(parts.hostname, port)
     if _allowed(parts.hostname, addresses, allowlist):
         return url

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import governance, metrics
+from service import catalog, governance, metrics
 from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
 from service.registry import routes
@@ -388,6 +388,8 @@ def v2(path: str) -> Response:
     route = g.get("v2_route") or routes.parse(path)  # refuses `..`, bad names and refs
     if request.method == "GET" and route.kind == "tags":
         return tags_list(route.name)
+    if request.method in ("GET", "HEAD") and route.kind == "catalog":
+        return catalog.answer(_client(), g.principal.listing_filter() if g.principal else None)
     if (request.method == "GET" and route.kind == "blob" and _services().settings.blob_accel_path
             and request.headers.get(ACCEL_HEADER) == _services().settings.blob_accel_path):
         return accel_blob(route)

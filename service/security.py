@@ -12,6 +12,7 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from service import auth
+from service.bodies import peek_json
 from service.domain.errors import DomainError, Unauthorized
 from service.registry import routes
 from service.services import Services
@@ -53,16 +54,24 @@ def _target() -> dict[str, Any]:
     for name in ("repository", "tag"):  # listings and releases name them in the query
         if isinstance(request.args.get(name), str):
             target[name] = request.args[name]
-    body = request.get_json(silent=True) if request.is_json else None
+    body = peek_json()
     if isinstance(body, dict):
         for name in ("repository", "environment", "name", "role", "tag", "digest", "to",
                      "reference", "from_environment", "reason"):
             if isinstance(body.get(name), str):
                 target[name] = body[name]
         if isinstance(body.get("url"), str):
-            parts = urlsplit(body["url"])
-            target["url"] = f"{parts.scheme}://{parts.hostname}{parts.path}"
+            target["url"] = _url_origin(body["url"])
     return target
+
+
+def _url_origin(url: str) -> str:
+    """scheme://host of a URL: its path, query and user part may hold credentials."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}"
+    except ValueError:  # a bracketed host that is no IPv6 address
+        return "(invalid URL)"
 
 
 def install(app: Flask, svc: Services) -> None:
@@ -92,7 +101,7 @@ def install(app: Flask, svc: Services) -> None:
             if limiter is not None and not limiter[0].hit(limiter[1], "api", principal.id):
                 raise RateLimited(f"rate limit {settings.rate_limit} exceeded for token "
                                   f"{principal.name!r}")
-            body = request.get_json(silent=True) if request.is_json else None
+            body = peek_json(strict=True)
             auth.authorize_api(principal, request.endpoint, request.method, body,
                                request.args.to_dict())
         elif path == "/v2" or path.startswith("/v2/"):

@@ -10,7 +10,7 @@ from flask import g, request
 from flask_smorest import Blueprint
 
 from service import jobs, webhooks
-from service.api import svc
+from service.api import caller, listing_scope, svc
 from service.domain.durations import format_time
 from service.domain.errors import NotFound
 from service.outbound import check_url
@@ -28,6 +28,26 @@ from service.schemas.events import (
 
 blp = Blueprint("events", __name__, url_prefix="/api/v1",
                 description="Registry events, subscriptions and deliveries")
+# Only admins see where a subscription delivers (a URL may carry a credential in its path or
+# query) and the bodies sent and received; the secret is never shown to anyone.
+SUBSCRIPTION_PRIVATE = ("url", "secret")
+
+
+def _globs(sub: dict[str, Any]) -> list[str]:
+    return sub.get("repositories") or ["*"]
+
+
+def _shown_subscription(sub: dict[str, Any]) -> dict[str, Any]:
+    hidden = ("secret",) if caller().at_least("admin") else SUBSCRIPTION_PRIVATE
+    return {k: v for k, v in sub.items() if k not in hidden}
+
+
+def _shown_delivery(delivery: dict[str, Any]) -> dict[str, Any]:
+    if caller().at_least("admin"):
+        return delivery
+    attempts = [{k: v for k, v in a.items() if k != "response"}
+                for a in delivery.get("attempts") or []]
+    return {**{k: v for k, v in delivery.items() if k != "payload"}, "attempts": attempts}
 
 
 
@@ -54,7 +74,7 @@ def registry_webhook() -> dict[str, int]:
 def list_events(args: dict[str, Any]) -> dict[str, Any]:
     """Recorded registry events and findings, newest first."""
     items, cursor = svc().events.list(args.get("repository"), args.get("action"),
-                                      args["limit"], args.get("cursor"))
+                                      args["limit"], args.get("cursor"), listing_scope())
     return {"items": items, "next_cursor": cursor}
 
 
@@ -73,8 +93,9 @@ def create_subscription(body: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/subscriptions", methods=["GET"])
 @blp.response(200, SubscriptionPageSchema)
 def list_subscriptions() -> dict[str, Any]:
-    """Every subscription."""
-    return {"items": svc().subscriptions.all(), "next_cursor": None}
+    """The subscriptions whose repositories the caller's token covers (URL for admins only)."""
+    subs = [s for s in svc().subscriptions.all() if caller().sees_globs(_globs(s))]
+    return {"items": [_shown_subscription(s) for s in subs], "next_cursor": None}
 
 
 @blp.route("/subscriptions/<string:sub_id>", methods=["DELETE"])
@@ -89,11 +110,13 @@ def delete_subscription(sub_id: str) -> None:
 @blp.arguments(PageQueryArgsSchema, location="query")
 @blp.response(200, DeliveryPageSchema)
 def list_deliveries(args: dict[str, Any], sub_id: str) -> dict[str, Any]:
-    """A subscription's deliveries with status, attempts and last response."""
-    if svc().subscriptions.get(sub_id) is None:
+    """A subscription's deliveries: status, attempts, last response (bodies: admins only)."""
+    sub = svc().subscriptions.get(sub_id)
+    if sub is None or not caller().sees_globs(_globs(sub)):
         raise NotFound(f"subscription {sub_id!r} not found")
-    items, cursor = svc().subscriptions.deliveries(sub_id, args["limit"], args.get("cursor"))
-    return {"items": items, "next_cursor": cursor}
+    items, cursor = svc().subscriptions.deliveries(sub_id, args["limit"], args.get("cursor"),
+                                                   listing_scope())
+    return {"items": [_shown_delivery(d) for d in items], "next_cursor": cursor}
 
 
 @blp.route("/subscriptions/<string:sub_id>/deliveries/<string:delivery_id>/redeliver",

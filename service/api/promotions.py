@@ -8,7 +8,7 @@ from flask import g, request
 from flask_smorest import Blueprint
 
 from service import history, promotions
-from service.api import svc
+from service.api import check_visible, listing_scope, svc
 from service.domain.errors import InvalidRequest, NotFound
 from service.schemas.promotions import (
     EnvironmentsQueryArgsSchema,
@@ -53,7 +53,7 @@ def create_promotion(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
 def list_promotions(args: dict[str, Any]) -> dict[str, Any]:
     """Promotion history, newest first, cursor-paginated."""
     items, cursor = svc().promotions.history(args.get("repository"), args.get("environment"),
-                                             args["limit"], args.get("cursor"))
+                                             args["limit"], args.get("cursor"), listing_scope())
     return {"items": items, "next_cursor": cursor}
 
 
@@ -64,6 +64,7 @@ def get_promotion(promotion_id: str) -> dict[str, Any]:
     record = svc().promotions.record(promotion_id)
     if record is None:
         raise NotFound(f"promotion {promotion_id!r} not found")
+    check_visible(record.get("repository"), f"promotion {promotion_id!r}")
     return record
 
 

@@ -8,7 +8,7 @@ from flask import g
 from flask_smorest import Blueprint
 
 from service import scans
-from service.api import svc
+from service.api import check_visible, listing_scope, svc
 from service.domain.errors import Conflict, NotFound
 from service.schemas.scans import (
     ScanPageSchema,
@@ -38,7 +38,7 @@ def create_scan(body: dict[str, Any]) -> dict[str, Any]:
 def list_scans(args: dict[str, Any]) -> dict[str, Any]:
     """Scans, newest first, by repository and/or digest."""
     items, cursor = svc().scans.list(args.get("repository"), args.get("digest"),
-                                     args["limit"], args.get("cursor"))
+                                     args["limit"], args.get("cursor"), listing_scope())
     return {"items": items, "next_cursor": cursor}
 
 
@@ -49,6 +49,7 @@ def get_scan(scan_id: str) -> dict[str, Any]:
     scan = svc().scans.get(scan_id)
     if scan is None:
         raise NotFound(f"scan {scan_id!r} not found")
+    check_visible(scan.get("repository"), f"scan {scan_id!r}")
     return scan
 
 
@@ -63,6 +64,7 @@ def get_sbom(scan_id: str) -> Any:
     scan = svc().scans.get(scan_id)
     if scan is None:
         raise NotFound(f"scan {scan_id!r} not found")
+    check_visible(scan.get("repository"), f"scan {scan_id!r}")
     inventory = svc().scans.inventory(scan_id)
     if scan["status"] != "succeeded" or inventory is None:
         raise Conflict(f"scan {scan_id!r} is {scan['status']}: no SBOM yet")

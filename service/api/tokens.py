@@ -10,7 +10,7 @@ from typing import Any
 from flask import g
 from flask_smorest import Blueprint
 
-from service.api import svc
+from service.api import listing_scope, svc
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest, NotFound
 from service.schemas.tokens import (
@@ -73,5 +73,5 @@ def delete_token(token_id: str) -> None:
 def list_audit(args: dict[str, Any]) -> dict[str, Any]:
     """Every mutating call: actor, action, target, outcome, time; newest first."""
     filters = {k: args[k] for k in ("actor", "action", "repository", "outcome") if args.get(k)}
-    items, cursor = svc().audit.list(filters, args["limit"], args.get("cursor"))
+    items, cursor = svc().audit.list(filters, args["limit"], args.get("cursor"), listing_scope())
     return {"items": items, "next_cursor": cursor}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 
 class StrictSchema(Schema):
@@ -13,6 +14,15 @@ class StrictSchema(Schema):
 
     class Meta:
         unknown = RAISE
+
+
+def utc_representable(moment: datetime) -> None:
+    """Refuse a time whose UTC form falls outside years 1-9999 (`0001-01-01T00:00:00+14:00`):
+    it would fail every later conversion to UTC."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError("date-time out of range once converted to UTC") from None
 
 
 class PageQueryArgsSchema(StrictSchema):

@@ -72,7 +72,8 @@ class SubscriptionSchema(Schema):
     """A subscription (its secret is never shown)."""
 
     id = fields.String()
-    url = fields.String()
+    url = fields.String(metadata={"description": "shown to admins only (it may hold a "
+                                                 "credential)"})
     events = fields.List(fields.String())
     repositories = fields.List(fields.String())
     created_at = fields.String()
@@ -85,7 +86,8 @@ class AttemptSchema(Schema):
     at = fields.String()
     status = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
-    response = fields.String(allow_none=True)
+    response = fields.String(allow_none=True,
+                             metadata={"description": "the body received; admins only"})
 
 
 class DeliverySchema(Schema):
@@ -97,7 +99,7 @@ class DeliverySchema(Schema):
     status = fields.String()
     created_at = fields.String()
     attempts = fields.List(fields.Nested(AttemptSchema))
-    payload = fields.String()
+    payload = fields.String(metadata={"description": "the body sent; admins only"})
 
 
 EventPageSchema = page_of(EventSchema, "EventPage")

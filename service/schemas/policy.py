@@ -35,7 +35,7 @@ from service.domain.policy_model import (
     ScanGate,
 )
 from service.domain.tags import ENVIRONMENT, LATEST, is_git_sha, is_semver, validate_spec
-from service.schemas.common import flatten_errors
+from service.schemas.common import flatten_errors, utc_representable
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _NAME_RULE = "1-63 of a-z 0-9 . _ - starting with a letter or digit"
@@ -70,9 +70,11 @@ class RFC3339DateTime(fields.DateTime):
                 "must be an RFC 3339 date-time with a timezone, e.g. 2026-12-24T00:00:00Z"
             )
         try:
-            return datetime.fromisoformat(value.upper())
+            moment = datetime.fromisoformat(value.upper())
         except ValueError:
             raise ValidationError(f"not a valid date-time: {value}") from None
+        utc_representable(moment)
+        return moment
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return None if value is None else format_time(value)

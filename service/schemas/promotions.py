@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from service.schemas.common import PageQueryArgsSchema, StrictSchema, ViolationSchema, page_of
+from service.schemas.common import (
+    PageQueryArgsSchema,
+    StrictSchema,
+    ViolationSchema,
+    page_of,
+    utc_representable,
+)
 
 DIGEST = validate.Regexp(r"^sha256:[0-9a-f]{64}$", error="must be sha256:<64 hex>")
 REPOSITORY = validate.Length(min=1, max=255)
@@ -65,7 +71,7 @@ class EnvironmentsQueryArgsSchema(StrictSchema):
     """Which repository, and optionally at what time."""
 
     repository = fields.String(required=True, validate=REPOSITORY)
-    at = fields.AwareDateTime(format="iso", default_timezone=None)
+    at = fields.AwareDateTime(format="iso", default_timezone=None, validate=utc_representable)
 
 
 class EnvironmentStateSchema(Schema):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from service.schemas.common import PageQueryArgsSchema, StrictSchema, page_of
+from service.schemas.common import (
+    PageQueryArgsSchema,
+    StrictSchema,
+    page_of,
+    utc_representable,
+)
 
 NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,62}$",
                        error="1-63 letters, digits, space . _ @ -")
@@ -19,7 +24,8 @@ class TokenCreateSchema(StrictSchema):
                                validate=validate.Length(min=1, max=100))
     environments = fields.List(fields.String(validate=validate.Length(min=1, max=63)),
                                validate=validate.Length(min=1, max=20))
-    expires_at = fields.AwareDateTime(format="iso", default_timezone=None)
+    expires_at = fields.AwareDateTime(format="iso", default_timezone=None,
+                                      validate=utc_representable)
 
 
 class TokenSchema(Schema):

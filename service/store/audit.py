@@ -11,7 +11,7 @@ import redis
 
 from service.domain.durations import format_time
 from service.store import key
-from service.store.pagination import page
+from service.store.pagination import Visible, page
 
 MAXLEN = 5_000_000
 
@@ -35,10 +35,13 @@ class AuditStore:
         self.r.xadd(key("audit"), {"d": json.dumps(entry, separators=(",", ":"))},
                     maxlen=MAXLEN, approximate=True)
 
-    def list(self, filters: dict[str, str], limit: int, cursor: str | None
-             ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of entries matching every given filter."""
+    def list(self, filters: dict[str, str], limit: int, cursor: str | None,
+             visible: Visible | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of entries matching every given filter, about the repositories `visible`
+        accepts."""
         def keep(entry: dict[str, Any]) -> bool:
+            if visible is not None and not visible(entry.get("repository")):
+                return False
             for name, wanted in filters.items():
                 value = entry["actor"].get("name") if name == "actor" else entry.get(name)
                 if name == "actor" and wanted == entry["actor"].get("id"):
@@ -47,4 +50,5 @@ class AuditStore:
                     return False
             return True
 
-        return page(self.r, key("audit"), limit, cursor, keep if filters else None)
+        return page(self.r, key("audit"), limit, cursor,
+                    keep if filters or visible is not None else None)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from service.store import key
-from service.store.pagination import page
+from service.store.pagination import Visible, both, page
 
 MAXLEN = 1_000_000
 
@@ -42,9 +43,11 @@ class EventStore:
             target.execute()
 
     def list(
-        self, repository: str | None, action: str | None, limit: int, cursor: str | None
+        self, repository: str | None, action: str | None, limit: int, cursor: str | None,
+        visible: Visible | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of events, newest first, filtered by repository and/or action."""
+        """A page of events, newest first, filtered by repository and/or action, and to the
+        repositories `visible` accepts (a mount's source repository included)."""
         if repository:
             stream = key("events", "repo", repository)
             keep = (lambda e: e.get("action") == action) if action else None
@@ -52,7 +55,7 @@ class EventStore:
             stream, keep = key("events", "action", action), None
         else:
             stream, keep = key("events"), None
-        return page(self.r, stream, limit, cursor, keep)
+        return page(self.r, stream, limit, cursor, both(keep, _seen(visible)))
 
     def count(self, name: str, amount: int = 1) -> None:
         """Bump a named counter (skipped or malformed webhook events, ...)."""
@@ -61,3 +64,10 @@ class EventStore:
     def counters(self) -> dict[str, int]:
         """Every named counter."""
         return {k: int(v) for k, v in self.r.hgetall(key("counters")).items()}
+
+
+def _seen(visible: Visible | None) -> Callable[[dict[str, Any]], bool] | None:
+    if visible is None:
+        return None
+    return lambda e: visible(e.get("repository")) and (
+        not e.get("from_repository") or visible(e["from_repository"]))

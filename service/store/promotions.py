@@ -16,7 +16,7 @@ import redis
 
 from service.domain.errors import Conflict, IdempotencyMismatch
 from service.store import key, tagmap
-from service.store.pagination import page
+from service.store.pagination import Visible, both, page
 
 log = logging.getLogger("tagwarden.store.promotions")
 IDEMPOTENCY_TTL = 24 * 3600
@@ -197,14 +197,17 @@ class PromotionStore:
         return json.loads(raw) if raw else None
 
     def history(self, repository: str | None, environment: str | None, limit: int,
-                cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        """Records newest first; a page costs the same with ten records or a million."""
+                cursor: str | None, visible: Visible | None = None
+                ) -> tuple[list[dict[str, Any]], str | None]:
+        """Records newest first, of the repositories `visible` accepts when no repository is
+        named; a page costs the same with ten records or a million."""
         if repository and environment:
             return page(self.r, key("history", "env", repository, environment), limit, cursor)
         if repository:
             return page(self.r, key("history", "repo", repository), limit, cursor)
         keep = (lambda r: r["environment"] == environment) if environment else None
-        return page(self.r, key("history", "all"), limit, cursor, keep)
+        seen = (lambda r: visible(r.get("repository"))) if visible else None
+        return page(self.r, key("history", "all"), limit, cursor, both(keep, seen))
 
     def at(self, repository: str, environment: str, at_ms: int) -> dict[str, Any] | None:
         """The record in force in an environment at a time (newest not after `at_ms`)."""

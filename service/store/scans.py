@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from service.store import key
-from service.store.pagination import page
+from service.store.pagination import Visible, both, page
 
 ACTIVE_TTL = 6 * 3600  # longer than a scan's timeout times its attempts
 REPORT_TTL = 180 * 24 * 3600
@@ -81,8 +81,10 @@ class ScanStore:
         return self.get(json.loads(found[0][1]["d"])["id"]) if found else None
 
     def list(self, repository: str | None, digest: str | None, limit: int,
-             cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        """Scans newest first, filtered by repository and/or digest."""
+             cursor: str | None, visible: Visible | None = None
+             ) -> tuple[list[dict[str, Any]], str | None]:
+        """Scans newest first, filtered by repository and/or digest, and to the repositories
+        `visible` accepts."""
         if digest:
             stream = key("scans", "digest", digest)
             keep = (lambda s: s["repository"] == repository) if repository else None
@@ -90,9 +92,9 @@ class ScanStore:
             stream, keep = key("scans", "repo", repository), None
         else:
             stream, keep = key("scans", "all"), None
-        refs, next_cursor = page(self.r, stream, limit * 4 if keep else limit, cursor)
-        scans = [json.loads(r) for r in self.r.mget([key("scan", x["id"]) for x in refs]) if r] \
-            if refs else []
-        if keep:
-            scans = [s for s in scans if keep(s)][:limit]
-        return scans, next_cursor
+        seen = (lambda s: visible(s.get("repository"))) if visible else None
+        return page(self.r, stream, limit, cursor, both(keep, seen), load=self._load)
+
+    def _load(self, refs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        raw = self.r.mget([key("scan", ref["id"]) for ref in refs])
+        return [json.loads(r) if r else None for r in raw]

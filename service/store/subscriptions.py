@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from service.store import key
-from service.store.pagination import page
+from service.store.pagination import Visible, page
 
 DELIVERY_TTL = 30 * 24 * 3600
 
@@ -54,9 +54,23 @@ class SubscriptionStore:
         """Store a delivery's new status and attempts."""
         self.r.set(key("delivery", delivery["id"]), json.dumps(delivery), ex=DELIVERY_TTL)
 
-    def deliveries(self, sub_id: str, limit: int, cursor: str | None
-                   ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of a subscription's deliveries, newest first."""
-        refs, next_cursor = page(self.r, key("deliveries", sub_id), limit, cursor)
-        raw = self.r.mget([key("delivery", ref["id"]) for ref in refs]) if refs else []
-        return [json.loads(r) for r in raw if r], next_cursor
+    def deliveries(self, sub_id: str, limit: int, cursor: str | None,
+                   visible: Visible | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of a subscription's deliveries, newest first, of events about the
+        repositories `visible` accepts."""
+        keep = (lambda d: visible(delivery_repository(d))) if visible else None
+        return page(self.r, key("deliveries", sub_id), limit, cursor, keep, load=self._load)
+
+    def _load(self, refs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        raw = self.r.mget([key("delivery", ref["id"]) for ref in refs])
+        return [json.loads(r) if r else None for r in raw]
+
+
+def delivery_repository(delivery: dict[str, Any]) -> str | None:
+    """The repository of the event a delivery carries (inside its stored payload)."""
+    try:
+        body = json.loads(delivery.get("payload") or "{}")
+    except ValueError:
+        return None
+    repository = body.get("repository") if isinstance(body, dict) else None
+    return repository if isinstance(repository, str) else None

@@ -1084,3 +1084,79 @@ def test_environments_at_before_epoch_is_not_a_500(hostile: Stack) -> None:
     for at in ("0098-04-03T01:42:28Z", "1969-12-31T23:59:59Z", "1970-01-01T00:00:00+01:00"):
         reply = api(hostile, "GET", f"/api/v1/environments?repository=hostile/app&at={quote(at)}")
         assert reply.status < 500, (at, reply.short())
+
+
+# =============================================================================================
+# Issue 14 item 11: hostile bodies, URLs, cursors and times are 4xx, never 500
+# =============================================================================================
+DEEP = b"[" * 100_000
+
+
+@pytest.mark.parametrize("target", ["/api/v1/promotions", "/api/v1/rollbacks", "/api/v1/scans",
+                                    "/api/v1/subscriptions", "/api/v1/tokens"])
+def test_deep_json_on_audited_and_metered_routes_is_invalid_request(hostile: Stack,
+                                                                    target: str) -> None:
+    """The authorization, audit and metrics hooks each re-parsed the body; a RecursionError in
+    the metrics after-request hook turned the 400 into a 500."""
+    for body in (DEEP, b"[" * 3000):
+        reply = api(hostile, "POST", target, body=body)
+        assert reply.status == 400, (target, len(body), reply.short())
+        doc = reply.json()
+        assert doc["code"] == "invalid_request"
+        assert doc["errors"] == {"body": ["JSON nested too deeply"]}
+    assert_healthy(hostile)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/", "http://127.0.0.1:0/hook",
+                                 "http://127.0.0.1:abc/", "http://[::1/hook"])
+def test_subscription_url_with_a_bad_port_or_host_is_invalid_request(hostile: Stack,
+                                                                     url: str) -> None:
+    reply = api(hostile, "POST", "/api/v1/subscriptions",
+                {"url": url, "events": ["promotion.succeeded"], "secret": "s" * 16})
+    assert reply.status in (400, 422), (url, reply.short())
+    doc = reply.json()
+    assert doc["code"] == "invalid_request"
+    assert list(doc["errors"]) == ["url"], doc
+    assert api(hostile, "GET", "/api/v1/subscriptions").json()["items"] == []
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/audit", "/api/v1/promotions",
+                                  "/api/v1/scans"])
+def test_cursor_beyond_a_stream_id_is_invalid_request(hostile: Stack, path: str) -> None:
+    """A cursor decoding to `99999999999999999999-0` (over 2**64) reached Redis (500)."""
+    for stream_id in ("99999999999999999999-0", "0-18446744073709551616", "1-1\n"):
+        cursor = base64.urlsafe_b64encode(stream_id.encode()).decode().rstrip("=")
+        reply = api(hostile, "GET", f"{path}?cursor={cursor}")
+        assert reply.status == 400, (path, stream_id, reply.short())
+        assert reply.json()["errors"] == {"cursor": ["not a cursor from this API"]}
+    largest = base64.urlsafe_b64encode(b"18446744073709551615-0").decode().rstrip("=")
+    assert api(hostile, "GET", f"{path}?cursor={largest}").status == 200
+
+
+def test_times_outside_utc_range_are_invalid_request(hostile: Stack) -> None:
+    """Valid ISO times whose UTC form is before year 1 or after 9999 overflowed (500), and a
+    stored policy holding one broke every later GET of the policies."""
+    early, late = "0001-01-01T00:00:00+14:00", "9999-12-31T23:00:00-14:00"
+    reply = api(hostile, "GET", f"/api/v1/environments?repository=hostile/app&at={quote(early)}")
+    assert reply.status == 422, reply.short()
+    assert list(reply.json()["errors"]) == ["at"]
+    reply = api(hostile, "POST", "/api/v1/tokens",
+                {"name": "far-future", "role": "reader", "expires_at": late})
+    assert reply.status == 422, reply.short()
+    assert list(reply.json()["errors"]) == ["expires_at"]
+    policy = {"name": "frozen", "repositories": ["frozen/*"], "promotion": {
+        "production": {"freeze": [{"start": "2026-12-24T00:00:00Z", "end": late}]}}}
+    reply = api(hostile, "PUT", "/api/v1/policies/frozen", policy)
+    assert reply.status in (400, 422), reply.short()
+    assert list(reply.json()["errors"]) == ["promotion.production.freeze.0.end"]
+    assert api(hostile, "GET", "/api/v1/policies").status == 200
+
+
+def test_catalog_with_absurd_n_is_not_a_500(hostile: Stack) -> None:
+    reply = v2(hostile, "GET", "/v2/_catalog?n=" + "9" * 5000)
+    assert reply.status == 200, reply.short()
+    assert isinstance(reply.json()["repositories"], list)
+    for bad in ("abc", "-1", "%C2%B2"):  # ² is a digit to str.isdigit, not to int()
+        reply = v2(hostile, "GET", f"/v2/_catalog?n={bad}")
+        assert reply.status == 400, (bad, reply.short())
+        assert reply.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
