@@ -13,10 +13,13 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +189,52 @@ def test_a_refused_connection_moves_on_to_the_next_checked_address(
         assert subscriber.requests[0][0]["Host"] == f"{HOST}:{port}"
     finally:
         subscriber.close()
+
+
+def make_certs(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A test CA and a leaf certificate for `name` signed by it (openssl CLI)."""
+    ca_key, ca, key, csr, cert = (directory / f for f in
+                                  ("ca.key", "ca.pem", "leaf.key", "leaf.csr", "leaf.pem"))
+    ext = directory / "ext.cnf"
+    ext.write_text(f"subjectAltName=DNS:{name}\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "2", "-subj", "/CN=tagwarden test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", f"/CN={name}"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True,
+                       timeout=60)
+    return ca, cert, key
+
+
+@pytest.mark.parametrize("cert_name", [HOST, "someone-else.test"])
+def test_https_delivery_to_the_checked_address_verifies_the_url_host(
+        svc: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cert_name: str):
+    """Connected by IP, TLS still sends the URL's host as SNI and checks the certificate
+    against it: a certificate for another name fails the attempt."""
+    ca, cert, key = make_certs(tmp_path, cert_name)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    listener = Listener(ALLOWED)
+    sni: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, server_name, ctx: sni.append(server_name)
+    listener.server.socket = context.wrap_socket(listener.server.socket, server_side=True)
+    try:
+        resolver(monkeypatch, [ALLOWED], [INTERNAL])
+        delivery_id = new_delivery(svc, f"https://{HOST}:{listener.port}/hook")
+        if cert_name == HOST:
+            assert deliveries.deliver(delivery_id) == "delivered"
+            assert listener.requests[0][0]["Host"] == f"{HOST}:{listener.port}"
+        else:
+            with pytest.raises(deliveries.DeliveryFailed):
+                deliveries.deliver(delivery_id)
+            assert listener.requests == []
+            attempt = svc.subscriptions.delivery(delivery_id)["attempts"][0]
+            assert (attempt["status"], attempt["error"]) == (None, "SSLError")
+        assert sni == [HOST]
+    finally:
+        listener.close()
