@@ -73,7 +73,7 @@ def create_app(config: Any = None) -> Flask:
     app = Flask(__name__)
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = None  # /v2 bodies are streamed; API limits per route
-    logs.configure(app, settings.log_format)
+    logs.configure(app, settings.log_format, settings.trust_forwarded)
     svc = Services.build(settings)
     app.extensions["tagwarden"] = svc
     seed_policies(app, svc)

@@ -104,6 +104,8 @@ class Settings:
     api_max_bytes: int = 2 * 1024 * 1024
     anonymous_pull: bool = False
     rate_limit: str = "1200/minute"
+    # failed authentications one client address may make before it is refused for the window
+    auth_failure_limit: str = "30/minute"
     open_docs: bool = True
     open_metrics: bool = True
     scan_timeout: int = 1800
@@ -200,6 +202,8 @@ class Settings:
             values["open_metrics"] = _bool("TAGWARDEN_OPEN_METRICS", v)
         if (v := get("TAGWARDEN_RATE_LIMIT")) is not None:
             values["rate_limit"] = _rate("TAGWARDEN_RATE_LIMIT", v)
+        if (v := get("TAGWARDEN_AUTH_FAILURE_LIMIT")) is not None:
+            values["auth_failure_limit"] = _rate("TAGWARDEN_AUTH_FAILURE_LIMIT", v)
         return cls(**values)
 
     @classmethod

@@ -85,6 +85,7 @@ def handle_domain(exc: domain.DomainError) -> Response:
         log.warning("%s %s: %s", request.method, request.path, exc.message)
     decision = getattr(exc, "decision", None)
     violations = decision.to_dict()["violations"] if decision is not None else None
+    headers = getattr(exc, "extra", {}).get("headers") or {}  # e.g. Retry-After on a 429
     if _is_registry_path():
         code = "DENIED" if isinstance(exc, domain.PolicyDenied) else REGISTRY_CODES.get(
             status, "UNKNOWN"
@@ -95,11 +96,13 @@ def handle_domain(exc: domain.DomainError) -> Response:
         resp = registry_error(status, code, exc.message, detail)
         if status == 401:
             resp.headers["WWW-Authenticate"] = 'Basic realm="tagwarden"'
+        resp.headers.update(headers)
         return resp
     errors = getattr(exc, "errors", None) or None
     resp = api_error(status, exc.code, exc.message, errors=errors, violations=violations)
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="tagwarden"'
+    resp.headers.update(headers)
     return resp
 
 

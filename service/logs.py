@@ -20,7 +20,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 ENVIRON_KEY = "tagwarden.request_id"
 JOB_META_KEY = "request_id"
 # access-line fields shown by the text format after the message, in this order
-TEXT_FIELDS = ("route", "duration_ms", "actor", "request_id")
+TEXT_FIELDS = ("route", "duration_ms", "actor", "client", "request_id")
 
 
 def current_request_id() -> str | None:
@@ -118,9 +118,12 @@ def valid_request_id(value: str | None) -> bool:
         and value.isprintable()
 
 
-def configure(app: Flask, fmt: str) -> None:
-    """Request id in and out, one access log line per request."""
+def configure(app: Flask, fmt: str, trust_forwarded: bool = False) -> None:
+    """Request id in and out, one access log line per request (naming the client address
+    as service.clientaddr trusts it)."""
     from flask import g, request
+
+    from service.clientaddr import client_address
 
     setup_logging(fmt)
     access = logging.getLogger("tagwarden.access")
@@ -145,6 +148,7 @@ def configure(app: Flask, fmt: str) -> None:
             "status": resp.status_code,
             "duration_ms": round(duration * 1000, 2),
             "actor": g.get("actor_name"),
+            "client": client_address(request.environ, trust_forwarded),
         }
         access.info("%s %s %s", request.method, request.path, resp.status_code,
                     extra={"fields": fields})

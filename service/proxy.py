@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import catalog, governance, metrics
+from service import catalog, clientaddr, governance, metrics
 from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
 from service.registry import routes
@@ -90,15 +91,22 @@ def public_origin() -> str:
 
 
 def upstream_headers(origin: str) -> dict[str, str]:
-    """Client headers minus hop-by-hop ones, plus forwarding headers naming our origin."""
+    """Client headers minus hop-by-hop ones, plus forwarding headers naming our origin, the
+    client address we trust and the caller's token name.
+
+    The registry reports the first X-Forwarded-For entry (else X-Real-Ip) as its events'
+    `request.addr` and builds Location from `Forwarded`: only the gateway writes those. With
+    no auth of its own it reports the Basic user name as `actor.name`: the token's name
+    (never its secret) goes there."""
     headers = {k: v for k, v in request.headers.items()
                if k.lower() in REQUEST_PASS and k.lower() not in REQUEST_DROP}
     proto, _, host = origin.partition("://")
     headers["X-Forwarded-Proto"] = proto
     headers["X-Forwarded-Host"] = host
-    remote = request.remote_addr or ""
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
+    headers["X-Forwarded-For"] = clientaddr.forwarded_for(
+        request.environ, _services().settings.trust_forwarded)
+    if actor := _actor():
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{actor}:".encode()).decode()
     request_id = request.environ.get("tagwarden.request_id")
     if request_id:
         headers["X-Request-ID"] = request_id

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from flask import Flask, Response, g, request
-from limits import parse
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from service import auth
+from service import auth, clientaddr
 from service.bodies import peek_json
 from service.domain.errors import DomainError, Unauthorized
 from service.registry import routes
@@ -41,6 +46,47 @@ class RateLimited(DomainError):
 
     code = "rate_limited"
     status = 429
+
+
+class AuthFailureGuard:
+    """Failed authentications counted per client address (TAGWARDEN_AUTH_FAILURE_LIMIT).
+
+    Once an address has failed `limit` times within the window, every request from it that
+    presents credentials is refused with 429 until the window passes, a correct token
+    included: otherwise a guesser would keep guessing and learn from a 200 which guess was
+    right. Requests without credentials (the client's first, anonymous probe of /v2/) and
+    successful ones never count. Without Redis the guard lets everything through (fails
+    open): authentication itself still decides, and an outage never becomes a 500."""
+
+    def __init__(self, redis_url: str, limit: str) -> None:
+        storage = RedisStorage(redis_url, socket_timeout=1, socket_connect_timeout=1,
+                               key_prefix="tw:authfail", wrap_exceptions=True)
+        self.limiter = FixedWindowRateLimiter(storage)
+        self.item: RateLimitItem = parse(limit)
+        self.limit = limit
+
+    def check(self, address: str) -> None:
+        """RateLimited (with Retry-After) when the address is locked out."""
+        try:
+            if self.limiter.test(self.item, "address", address):
+                return
+            reset = self.limiter.get_window_stats(self.item, "address", address).reset_time
+        except (StorageError, redis.RedisError) as exc:
+            log.warning("auth failure limiter unavailable (%s); not enforced",
+                        type(exc).__name__)
+            return
+        wait = max(1, math.ceil(reset - time.time()))
+        raise RateLimited(f"too many failed authentications from {address} (limit "
+                          f"{self.limit}); try again in {wait} s",
+                          headers={"Retry-After": str(wait)})
+
+    def failed(self, address: str) -> None:
+        """Count one failed authentication of the address."""
+        try:
+            self.limiter.hit(self.item, "address", address)
+        except (StorageError, redis.RedisError) as exc:
+            log.warning("auth failure limiter unavailable (%s); failure not counted",
+                        type(exc).__name__)
 
 
 def _set_actor(principal: auth.Principal | None) -> None:
@@ -74,6 +120,14 @@ def _url_origin(url: str) -> str:
         return "(invalid URL)"
 
 
+def _v2_principal(svc: Services, header: str | None) -> auth.Principal | None:
+    """The /v2 caller: None when anonymous, Unauthorized when credentials are wrong."""
+    principal = auth.from_basic(svc, header)
+    if principal is None and header:
+        raise Unauthorized("invalid, expired or revoked token")
+    return principal
+
+
 def install(app: Flask, svc: Services) -> None:
     """Register the hooks on the app."""
     settings = svc.settings
@@ -82,6 +136,22 @@ def install(app: Flask, svc: Services) -> None:
         storage = RedisStorage(settings.redis_url, socket_timeout=2,
                                socket_connect_timeout=1, key_prefix="tw:rate")
         limiter = (FixedWindowRateLimiter(storage), parse(settings.rate_limit))
+    guard = (AuthFailureGuard(settings.redis_url, settings.auth_failure_limit)
+             if settings.auth_failure_limit != "off" else None)
+
+    def authenticated(resolve: Callable[[str | None], Any]) -> Any:
+        """`resolve(Authorization header)`, with failed attempts counted per client address
+        and a locked-out address refused before its credentials are even looked at."""
+        header = request.headers.get("Authorization")
+        if guard is None or not header:
+            return resolve(header)
+        address = clientaddr.client_address(request.environ, settings.trust_forwarded)
+        guard.check(address)
+        try:
+            return resolve(header)
+        except Unauthorized:
+            guard.failed(address)
+            raise
 
     @app.before_request
     def _authenticate() -> None:
@@ -96,7 +166,7 @@ def install(app: Flask, svc: Services) -> None:
                 # after the limit, which a plain read-all would silently drop
                 request.get_data(cache=True)
                 request.stream.read(1)
-            principal = auth.from_bearer(svc, request.headers.get("Authorization"))
+            principal = authenticated(lambda header: auth.from_bearer(svc, header))
             _set_actor(principal)
             if limiter is not None and not limiter[0].hit(limiter[1], "api", principal.id):
                 raise RateLimited(f"rate limit {settings.rate_limit} exceeded for token "
@@ -105,18 +175,16 @@ def install(app: Flask, svc: Services) -> None:
             auth.authorize_api(principal, request.endpoint, request.method, body,
                                request.args.to_dict())
         elif path == "/v2" or path.startswith("/v2/"):
-            principal = auth.from_basic(svc, request.headers.get("Authorization"))
-            if principal is None and request.headers.get("Authorization"):
-                raise Unauthorized("invalid, expired or revoked token")
+            principal = authenticated(lambda header: _v2_principal(svc, header))
             _set_actor(principal)
             route = routes.parse(path[len("/v2/"):] if path.startswith("/v2/") else "")
             g.v2_route = route
             needs = auth.registry_access(request.method, route, request.args.to_dict())
             auth.authorize_registry(principal, needs, settings.anonymous_pull)
         elif (path in DOC_PATHS or path.startswith("/docs/")) and not settings.open_docs:
-            _set_actor(auth.from_bearer(svc, request.headers.get("Authorization")))
+            _set_actor(authenticated(lambda header: auth.from_bearer(svc, header)))
         elif path == "/metrics" and not settings.open_metrics:
-            _set_actor(auth.from_bearer(svc, request.headers.get("Authorization")))
+            _set_actor(authenticated(lambda header: auth.from_bearer(svc, header)))
 
     @app.after_request
     def _audit(resp: Response) -> Response:

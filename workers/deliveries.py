@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-import requests
+import urllib3
 
-from service import metrics
+from service import metrics, outbound
 from service.deliveries import sign
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest
-from service.outbound import check_url
 from workers.context import services
 
 log = logging.getLogger("tagwarden.deliveries")
@@ -37,20 +36,22 @@ def deliver(delivery_id: str) -> str:
     body = delivery["payload"].encode()
     attempt = {"at": format_time(datetime.now(UTC)), "status": None, "error": None}
     try:
-        check_url(sub["url"], svc.settings.outbound_allowlist)  # re-checked: DNS may change
-        resp = requests.post(
-            sub["url"], data=body, timeout=svc.settings.delivery_timeout, allow_redirects=False,
+        # re-checked at every attempt (DNS may change), and the connection goes to exactly
+        # the addresses this check approved, never to a second answer of the resolver
+        target = outbound.vet(sub["url"], svc.settings.outbound_allowlist)
+        status, answer = outbound.post(
+            target, body, timeout=svc.settings.delivery_timeout,
             headers={"Content-Type": "application/json", "User-Agent": "tagwarden-webhooks/1",
                      "X-Tagwarden-Event": delivery["event"],
                      "X-Tagwarden-Delivery": delivery_id,
                      "X-Tagwarden-Signature": sign(sub["secret"], body)},
         )
-        attempt["status"] = resp.status_code
-        attempt["response"] = resp.text[:500]
-        ok = 200 <= resp.status_code < 300
+        attempt["status"] = status
+        attempt["response"] = answer.decode("utf-8", "replace")[:500]
+        ok = 200 <= status < 300
     except InvalidRequest as exc:
         attempt["error"], ok = exc.message, False
-    except requests.RequestException as exc:
+    except urllib3.exceptions.HTTPError as exc:
         attempt["error"], ok = type(exc).__name__, False
     delivery["attempts"].append(attempt)
     final = len(delivery["attempts"]) >= delivery.get("max_attempts", MAX_ATTEMPTS)

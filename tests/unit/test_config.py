@@ -71,3 +71,12 @@ def test_blob_accel_path_is_off_by_default_and_read_when_set():
     assert Settings.from_env({}).blob_accel_path == ""
     assert Settings.from_env({"TAGWARDEN_BLOB_ACCEL_PATH": "/_tagwarden/blobs/"}
                              ).blob_accel_path == "/_tagwarden/blobs/"
+
+
+def test_auth_failure_limit_defaults_and_is_validated():
+    assert Settings.from_env({}).auth_failure_limit == "30/minute"
+    assert Settings.from_env({"TAGWARDEN_AUTH_FAILURE_LIMIT": "5/hour"}
+                             ).auth_failure_limit == "5/hour"
+    assert Settings.from_env({"TAGWARDEN_AUTH_FAILURE_LIMIT": "off"}).auth_failure_limit == "off"
+    with pytest.raises(ConfigError, match="TAGWARDEN_AUTH_FAILURE_LIMIT"):
+        Settings.from_env({"TAGWARDEN_AUTH_FAILURE_LIMIT": "lots"})
