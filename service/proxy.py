@@ -234,12 +234,12 @@ def tags_list(name: str) -> Response:
     last = request.args.get("last")
     n: int | None = None
     if raw_n is not None:
-        if not raw_n.isdigit():
+        if not (raw_n.isascii() and raw_n.isdigit()):
             return registry_error(
                 400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested",
                 {"n": raw_n},
             )
-        n = int(raw_n)
+        n = int(raw_n[:12])  # more than any repository holds; int() of 5,000 digits raises
     upstream = _client().request(
         "GET", f"/v2/{name}/tags/list", headers=upstream_headers(public_origin()), stream=False
     )

@@ -1160,3 +1160,14 @@ def test_catalog_with_absurd_n_is_not_a_500(hostile: Stack) -> None:
         reply = v2(hostile, "GET", f"/v2/_catalog?n={bad}")
         assert reply.status == 400, (bad, reply.short())
         assert reply.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+
+
+def test_tag_list_with_absurd_n_is_not_a_500(hostile: Stack) -> None:
+    push_index(hostile, "hostile/taglist", "t1", "absurd n")
+    reply = v2(hostile, "GET", "/v2/hostile/taglist/tags/list?n=" + "9" * 5000)
+    assert reply.status == 200, reply.short()
+    assert reply.json()["tags"] == ["t1"]
+    for bad in ("abc", "-1", "%C2%B2"):
+        reply = v2(hostile, "GET", f"/v2/hostile/taglist/tags/list?n={bad}")
+        assert reply.status == 400, (bad, reply.short())
+        assert reply.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
