@@ -26,6 +26,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 # name → (family, title for --list, needs the stack, runner)
 BENCHMARKS: list[tuple[str, str, Callable[..., Row]]] = [
     ("policy_eval", "manifests", lambda s, c, ctx: manifests.policy_eval(c)),
+    ("regex_worst_case", "manifests", lambda s, c, ctx: manifests.regex_worst_case(c)),
     ("manifest_get_head", "manifests", lambda s, c, ctx: manifests.get_head(s, c)),
     ("manifest_put", "manifests", lambda s, c, ctx: manifests.put(s, c)),
     ("promotions", "promotions", lambda s, c, ctx: promotions.run(s, c)),
@@ -46,6 +47,8 @@ BENCHMARKS: list[tuple[str, str, Callable[..., Row]]] = [
 ORDER = [name for name, _, _ in BENCHMARKS]
 TITLES = {
     "policy_eval": ("policy evaluation alone (evaluate_push), p95", "—", "< 2 ms (issue 3)"),
+    "regex_worst_case": ("grammar and policy-regex worst case (hostile inputs)", "—",
+                         "< 1 ms"),
     "manifest_get_head": ("manifest GET/HEAD p95, 50 concurrent clients", "direct registry",
                           "≤ 1.5× direct, or + ≤ 3 ms"),
     "manifest_put": ("manifest PUT with policy evaluation p95", "direct registry PUT",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Any
@@ -224,4 +225,48 @@ def policy_eval(cfg: Config) -> Row:
     row.notes.append("gateway column: p50 [min–max] of single evaluations")
     row.detail = {"p50_us": quantile(us, 0.5), "p95_us": p95, "p99_us": quantile(us, 0.99),
                   "calls": n}
+    return row
+
+
+# Worst inputs for the grammars and for policy regexes whose shape backtracks exponentially in
+# a backtracking engine (RE2 evaluates policy regexes; the grammars are written to avoid
+# nested quantifiers). Moved here from unit tests, where a wall-clock bound is flaky.
+HOSTILE_GRAMMAR = [("repository", "a-" * 120 + "!"), ("repository", "a" * 250 + "!"),
+                   ("tag", "a" * 127 + "!")]
+HOSTILE_REGEXES = ["^(aa|a)*$", "^(a+)+$", "^(a|a?)+$", "^(\\w+\\s?)*$", "(x+x+)+y",
+                   "^([a-z]+-)*[a-z]+$"]
+
+
+def regex_worst_case(cfg: Config) -> Row:
+    """Slowest single evaluation of the repository/tag grammar and of policy regexes on the
+    inputs that make a backtracking engine explode (in-process, best of N per case)."""
+    from service.domain.tags import compile_matcher, valid_repository, valid_tag
+
+    repeats = 50 if cfg.quick else 200
+    perf = time.perf_counter
+    cases: list[tuple[str, Any]] = [
+        (f"{kind} {text[:12]}…", (valid_repository if kind == "repository" else valid_tag, text))
+        for kind, text in HOSTILE_GRAMMAR]
+    for pattern in HOSTILE_REGEXES:
+        matcher = compile_matcher("regex:" + pattern)
+        for tag in ("a" * 39 + "b", "a" * 127 + "!", "x" * 127):
+            cases.append((f"regex {pattern} on {tag[:6]}…({len(tag)})",
+                          (lambda t, m=matcher: m(t, ()), tag)))
+    worst: dict[str, float] = {}
+    for label, (fn, arg) in cases:
+        best = math.inf
+        for _ in range(repeats):
+            t0 = perf()
+            fn(arg)
+            best = min(best, perf() - t0)
+        worst[label] = best * 1e6
+    slowest = max(worst, key=worst.__getitem__)
+    us = list(worst.values())
+    row = Row("regex_worst_case", "grammar and policy-regex worst case (hostile inputs), "
+              "slowest case", "—", "µs", "< 1 ms",
+              gateway={"median": quantile(us, 0.5), "min": min(us), "max": max(us)},
+              headline=f"slowest {worst[slowest]:.1f} µs ({slowest})",
+              headline_value=worst[slowest] / 1000.0, met=worst[slowest] < 1000)
+    row.notes.append("gateway column: per-case best-of-N times, median [min–max]")
+    row.detail = {"cases_us": {k: round(v, 2) for k, v in worst.items()}, "repeats": repeats}
     return row

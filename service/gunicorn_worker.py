@@ -20,7 +20,8 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
-READ_DEADLINE = float(os.environ.get("TAGWARDEN_REQUEST_READ_TIMEOUT", "20"))
+DEFAULT_READ_DEADLINE = 20.0
+READ_DEADLINE = float(os.environ.get("TAGWARDEN_REQUEST_READ_TIMEOUT", DEFAULT_READ_DEADLINE))
 IDLE_TIMEOUT = float(os.environ.get("TAGWARDEN_SOCKET_IDLE_TIMEOUT", "120"))
 _deadlines: weakref.WeakKeyDictionary[socket.socket, float] = weakref.WeakKeyDictionary()
 

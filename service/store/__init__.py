@@ -7,7 +7,11 @@ import redis
 PREFIX = "tw:"
 
 
-def connect(url: str, *, decode: bool = True, timeout: float = 2.0) -> redis.Redis:
+# How long one Redis command may take before the caller gets a 503 (store_unavailable).
+TIMEOUT = 2.0
+
+
+def connect(url: str, *, decode: bool = True, timeout: float = TIMEOUT) -> redis.Redis:
     """A Redis client that fails fast (a quick 503 beats a hang)."""
     return redis.Redis.from_url(
         url,

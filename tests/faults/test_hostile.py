@@ -41,6 +41,7 @@ import requests
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from service.gunicorn_worker import DEFAULT_READ_DEADLINE
 from tests.faults.conftest import start_fault_stack
 from tests.helpers import procs
 from tests.integration.conftest import Stack
@@ -797,10 +798,10 @@ def test_oversized_request_heads_are_refused_quickly(hostile: Stack) -> None:
                                 + b"A" * 65536 + b"\r\n\r\n",
     }
     for what, data in cases.items():
-        response, elapsed = raw_exchange(port, data)
+        # The head is complete: a refusal (not the read deadline) is what answers it.
+        response, _ = raw_exchange(port, data)
         status, _, _ = parse_raw(response)
         assert status in (400, 414, 431), (what, response[:200])
-        assert elapsed < 2.0, (what, elapsed)
     assert_healthy(hostile)
 
 
@@ -809,11 +810,13 @@ def test_api_body_over_the_limit_is_413_with_the_api_envelope(hostile: Stack) ->
     # Declared too large: answered from the headers, before the body is read.
     head = (f"PUT /api/v1/policies/big HTTP/1.1\r\nHost: x\r\nAuthorization: {BEARER}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {3 * 1024 * 1024}\r\n")
-    started = time.monotonic()
-    status, body = procs.raw_request(port, head, body_prefix=b'{"name": "big"')
+    # The body never arrives: an answer before the gateway's own read deadline can only come
+    # from the headers (a client timeout of half that deadline raises otherwise).
+    deadline = float(hostile.env.get("TAGWARDEN_REQUEST_READ_TIMEOUT", DEFAULT_READ_DEADLINE))
+    status, body = procs.raw_request(port, head, body_prefix=b'{"name": "big"',
+                                     timeout=deadline / 2)
     assert status == 413, body[:300]
     assert api_envelope_problem(body) is None, body[:300]
-    assert time.monotonic() - started < 2.0
     # Sent whole.
     doc = b'{"name": "big", "repositories": ["big/*"], "pad": "' + b"a" * (API_LIMIT + 1) + b'"}'
     reply = api(hostile, "PUT", "/api/v1/policies/big", body=doc)

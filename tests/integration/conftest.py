@@ -71,14 +71,16 @@ TEST_ENV = {"TAGWARDEN_OUTBOUND_ALLOWLIST": "127.0.0.1", "TAGWARDEN_DELIVERY_BAC
 
 
 def start_stack(workdir: Path, worker: bool = True, fsync: str = "everysec",
-                **env_extra: str) -> Stack:
-    """Redis, a registry notifying the gateway, the gateway under gunicorn, an RQ worker."""
+                without: tuple[str, ...] = (), **env_extra: str) -> Stack:
+    """Redis, a registry notifying the gateway, the gateway under gunicorn, an RQ worker
+    (`without`: TEST_ENV variables to leave unset)."""
     redis_proc = procs.redis_server(workdir / "redis", fsync=fsync)
     gw_port = procs.free_port()
     registry = procs.registry_server(
         workdir / "registry", f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry"
     )
-    env = procs.gateway_env(redis_proc.port, registry.port, **{**TEST_ENV, **env_extra})
+    test_env = {k: v for k, v in TEST_ENV.items() if k not in without}
+    env = procs.gateway_env(redis_proc.port, registry.port, **{**test_env, **env_extra})
     gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
     stack = Stack(redis_proc, registry, gateway, workdir, env)
     if worker:

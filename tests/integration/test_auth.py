@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 
+from service.app import create_app
+from service.config import Settings
 from tests.helpers import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push
@@ -47,42 +52,221 @@ def call(stack: Stack, token: str | None, method: str, path: str, **kwargs) -> r
                             **kwargs)
 
 
-ROUTES = [
-    # method, path, body, minimal role
-    ("GET", "/api/v1/policies", None, "reader"),
-    ("POST", "/api/v1/policies/evaluate",
-     {"action": "push", "repository": "authz/app", "tag": "v1.0.0"}, "reader"),
-    ("PUT", "/api/v1/policies/authz-extra", {"name": "authz-extra", "repositories": ["zz/*"]},
-     "admin"),
-    ("GET", "/api/v1/promotions?repository=authz/app", None, "reader"),
-    ("POST", "/api/v1/promotions",
-     {"repository": "authz/app", "environment": "develop", "tag": "v1.0.0"}, "ci"),
-    ("GET", "/api/v1/environments?repository=authz/app", None, "reader"),
-    ("GET", "/api/v1/events", None, "reader"),
-    ("GET", "/api/v1/subscriptions", None, "reader"),
-    ("POST", "/api/v1/subscriptions",
-     {"url": "http://127.0.0.1:9/x", "events": ["scan.completed"], "secret": "z" * 20}, "admin"),
-    ("GET", "/api/v1/tokens", None, "admin"),
-    ("POST", "/api/v1/tokens", {"name": "made-by-test", "role": "reader"}, "admin"),
-    ("GET", "/api/v1/audit", None, "reader"),
-]
-RANK = {"reader": 1, "ci": 2, "admin": 3}
+# -- every /api/v1 operation against every role ---------------------------------------------
+TEAM, FOREIGN = "team-a/app", "team-b/app"
+RBAC_POLICY = {"name": "rbac", "repositories": ["team-a/*", "team-b/*"], "scan_on_push": False,
+               "promotion": {"develop": {}, "staging": {}, "production": {}}}
+ROLE_SPECS = {
+    "reader": {"role": "reader"},
+    "ci": {"role": "ci"},
+    "scoped": {"role": "ci", "repositories": ["team-a/*"], "environments": ["develop"]},
+    "admin": {"role": "admin"},
+}
+# A scoped ci token is a ci token inside its globs: the requests below stay inside them.
+RANK = {"reader": 1, "ci": 2, "scoped": 2, "admin": 3}
+WEBHOOK = "webhook token"  # the registry's shared secret: no API token of any role opens it
 
 
-@pytest.mark.parametrize(("method", "path", "body", "needed"), ROUTES)
-def test_each_role_against_each_route(stack: Stack, tokens, tmp_path: Path, method, path, body,
-                                      needed):
-    push(stack, tmp_path, "authz-app", "authz/app:v1.0.0")
+def api_operations() -> list[tuple[str, str]]:
+    """(method, rule) of every /api/v1 route the app factory mounts."""
+    app = create_app(Settings(redis_url="redis://127.0.0.1:9/0"))
+    return sorted((method, rule.rule) for rule in app.url_map.iter_rules()
+                  if rule.rule.startswith("/api/v1/")
+                  for method in rule.methods - {"HEAD", "OPTIONS"})
+
+
+@dataclass
+class World:
+    """What the requests of the role table point at."""
+
+    stack: Stack
+    tokens: dict[str, str]
+    digest: str
+    promotion_id: str
+    scan_id: str
+    subscription_id: str
+    delivery_id: str
+
+    def admin(self, method: str, path: str, **kwargs) -> requests.Response:
+        return call(self.stack, procs.ADMIN_TOKEN, method, path, **kwargs)
+
+    def new_token(self) -> str:
+        resp = self.admin("POST", "/api/v1/tokens", json={"name": f"doomed-{uuid.uuid4().hex[:8]}",
+                                                           "role": "reader"})
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    def new_subscription(self) -> str:
+        resp = self.admin("POST", "/api/v1/subscriptions", json={
+            "url": "http://127.0.0.1:9/doomed", "events": ["scan.failed"], "secret": "s" * 20})
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    def new_policy(self) -> str:
+        name = f"doomed-{uuid.uuid4().hex[:8]}"
+        resp = self.admin("PUT", f"/api/v1/policies/{name}",
+                          json={"name": name, "repositories": [f"{name}/*"]})
+        assert resp.status_code == 200, resp.text
+        return name
+
+
+Request = Callable[[World], tuple[str, dict | None]]
+SUB = "/api/v1/subscriptions/<string:sub_id>"
+# (method, rule) → (who may: the least role, or WEBHOOK; the request: path and JSON body).
+# From the contract (API.md, README "Tokens and roles"): a reader reads everything except the
+# token list; ci also promotes, rolls back and requests scans inside its globs and
+# environments; admin does everything else (policies, tokens, subscriptions, redelivery).
+EXPECTED: dict[tuple[str, str], tuple[str, Request]] = {
+    ("GET", "/api/v1/audit"): ("reader", lambda w: ("/api/v1/audit", None)),
+    ("GET", "/api/v1/environments"): (
+        "reader", lambda w: (f"/api/v1/environments?repository={TEAM}", None)),
+    ("GET", "/api/v1/events"): ("reader", lambda w: (f"/api/v1/events?repository={TEAM}", None)),
+    ("GET", "/api/v1/policies"): ("reader", lambda w: ("/api/v1/policies", None)),
+    ("GET", "/api/v1/policies/<string:name>"): ("reader", lambda w: ("/api/v1/policies/rbac",
+                                                                     None)),
+    ("PUT", "/api/v1/policies/<string:name>"): ("admin", lambda w: (
+        "/api/v1/policies/rbac-extra", {"name": "rbac-extra", "repositories": ["zz/*"]})),
+    ("DELETE", "/api/v1/policies/<string:name>"): (
+        "admin", lambda w: (f"/api/v1/policies/{w.new_policy()}", None)),
+    ("POST", "/api/v1/policies/evaluate"): ("reader", lambda w: (
+        "/api/v1/policies/evaluate", {"action": "push", "repository": TEAM, "tag": "v9.0.0"})),
+    ("POST", "/api/v1/promotions"): ("ci", lambda w: (
+        "/api/v1/promotions", {"repository": TEAM, "environment": "develop", "tag": "v1.0.0"})),
+    ("GET", "/api/v1/promotions"): (
+        "reader", lambda w: (f"/api/v1/promotions?repository={TEAM}", None)),
+    ("GET", "/api/v1/promotions/<string:promotion_id>"): (
+        "reader", lambda w: (f"/api/v1/promotions/{w.promotion_id}", None)),
+    ("POST", "/api/v1/rollbacks"): ("ci", lambda w: (
+        "/api/v1/rollbacks", {"repository": TEAM, "environment": "develop"})),
+    ("POST", "/api/v1/scans"): ("ci", lambda w: (
+        "/api/v1/scans", {"repository": TEAM, "reference": "v1.0.0"})),
+    ("GET", "/api/v1/scans"): ("reader", lambda w: (f"/api/v1/scans?repository={TEAM}", None)),
+    ("GET", "/api/v1/scans/<string:scan_id>"): (
+        "reader", lambda w: (f"/api/v1/scans/{w.scan_id}", None)),
+    ("GET", "/api/v1/scans/<string:scan_id>/sbom"): (
+        "reader", lambda w: (f"/api/v1/scans/{w.scan_id}/sbom", None)),
+    ("POST", "/api/v1/subscriptions"): ("admin", lambda w: ("/api/v1/subscriptions", {
+        "url": "http://127.0.0.1:9/x", "events": ["scan.completed"], "secret": "z" * 20})),
+    ("GET", "/api/v1/subscriptions"): ("reader", lambda w: ("/api/v1/subscriptions", None)),
+    ("DELETE", SUB): ("admin", lambda w: (f"/api/v1/subscriptions/{w.new_subscription()}",
+                                          None)),
+    ("GET", f"{SUB}/deliveries"): (
+        "reader", lambda w: (f"/api/v1/subscriptions/{w.subscription_id}/deliveries", None)),
+    ("POST", f"{SUB}/deliveries/<string:delivery_id>/redeliver"): ("admin", lambda w: (
+        f"/api/v1/subscriptions/{w.subscription_id}/deliveries/{w.delivery_id}/redeliver",
+        None)),
+    ("POST", "/api/v1/tokens"): ("admin", lambda w: (
+        "/api/v1/tokens", {"name": f"made-{uuid.uuid4().hex[:8]}", "role": "reader"})),
+    ("GET", "/api/v1/tokens"): ("admin", lambda w: ("/api/v1/tokens", None)),
+    ("DELETE", "/api/v1/tokens/<string:token_id>"): (
+        "admin", lambda w: (f"/api/v1/tokens/{w.new_token()}", None)),
+    ("GET", "/api/v1/vulndb"): ("reader", lambda w: ("/api/v1/vulndb", None)),
+    ("POST", "/api/v1/webhooks/registry"): (WEBHOOK, lambda w: (
+        "/api/v1/webhooks/registry", {"events": []})),
+}
+OPERATIONS = api_operations()
+
+
+def test_the_role_table_lists_exactly_the_mounted_operations():
+    assert sorted(EXPECTED) == OPERATIONS
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> World:
+    """Tokens of every role, an image in and out of the scoped globs, a promotion, a scan,
+    a subscription with one delivery."""
+    admin = stack.admin()
+    assert admin.put(f"{stack.gw_url}/api/v1/policies/rbac", json=RBAC_POLICY,
+                     timeout=10).status_code == 200
+    tmp = tmp_path_factory.mktemp("rbac")
+    image = push(stack, tmp, "rbac-app", f"{TEAM}:v1.0.0", f"{FOREIGN}:v1.0.0")
+    push(stack, tmp, "rbac-app-2", f"{TEAM}:v2.0.0", f"{FOREIGN}:v2.0.0")
+    sub = admin.post(f"{stack.gw_url}/api/v1/subscriptions", timeout=10, json={
+        "url": "http://127.0.0.1:9/hook", "events": ["promotion.succeeded"],
+        "secret": "x" * 20, "repositories": [TEAM]}).json()
+    for repo in (TEAM, FOREIGN):  # two pointer moves each: a rollback has somewhere to go
+        for tag in ("v2.0.0", "v1.0.0"):
+            resp = admin.post(f"{stack.gw_url}/api/v1/promotions", timeout=30, json={
+                "repository": repo, "environment": "develop", "tag": tag})
+            assert resp.status_code == 201, resp.text
+    promotion = resp.json()
+    scan = admin.post(f"{stack.gw_url}/api/v1/scans", timeout=10,
+                      json={"repository": TEAM, "reference": "v1.0.0"})
+    assert scan.status_code == 202, scan.text
+    deliveries = admin.get(f"{stack.gw_url}/api/v1/subscriptions/{sub['id']}/deliveries",
+                           timeout=10).json()["items"]
+    assert len(deliveries) == 2, deliveries  # the two promotions of TEAM
+    tokens = {}
+    for role, spec in ROLE_SPECS.items():
+        made = admin.post(f"{stack.gw_url}/api/v1/tokens", timeout=10,
+                          json={"name": f"rbac-{role}", **spec})
+        assert made.status_code == 201, made.text
+        tokens[role] = made.json()["token"]
+    return World(stack, tokens, image.digest, promotion["id"], scan.json()["id"], sub["id"],
+                 deliveries[0]["id"])
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[" ".join(o) for o in OPERATIONS])
+def test_each_role_against_each_route(world: World, operation: tuple[str, str]):
+    assert operation in EXPECTED, f"{operation} has no entry in EXPECTED: say who may call it"
+    needed, build = EXPECTED[operation]
+    method = operation[0]
+    path, body = build(world)
+    stack = world.stack
     assert call(stack, None, method, path, json=body).status_code == 401
     assert call(stack, "tw_not-a-real-token", method, path, json=body).status_code == 401
-    for role in ("reader", "ci", "admin"):
-        resp = call(stack, tokens[role]["token"], method, path, json=body)
-        if RANK[role] >= RANK[needed]:
-            assert resp.status_code < 400, (role, resp.text)
+    for role in ("reader", "ci", "scoped", "admin"):  # admin last: it may consume the target
+        resp = call(stack, world.tokens[role], method, path, json=body)
+        if needed == WEBHOOK:
+            assert resp.status_code == 401, (role, resp.text)
+            assert resp.json()["code"] == "unauthorized"
+        elif RANK[role] >= RANK[needed]:
+            assert resp.status_code not in (401, 403), (role, resp.status_code, resp.text)
         else:
-            assert resp.status_code == 403, (role, resp.text)
+            assert resp.status_code == 403, (role, resp.status_code, resp.text)
             assert resp.json()["code"] == "forbidden"
-            assert needed in resp.json()["message"]
+            assert repr(needed) in resp.json()["message"], resp.json()["message"]
+
+
+def _scoped_cases(world: World) -> list[tuple[str, str, dict | None, bool]]:
+    """(method, path, body, allowed) for the scoped token (team-a/*, develop only)."""
+    sub, dlv = world.subscription_id, world.delivery_id
+    return [
+        ("POST", "/api/v1/promotions",
+         {"repository": TEAM, "environment": "develop", "tag": "v1.0.0"}, True),
+        ("POST", "/api/v1/promotions",
+         {"repository": TEAM, "environment": "staging", "tag": "v1.0.0"}, False),
+        ("POST", "/api/v1/promotions",
+         {"repository": FOREIGN, "environment": "develop", "tag": "v1.0.0"}, False),
+        ("POST", "/api/v1/rollbacks", {"repository": TEAM, "environment": "develop"}, True),
+        ("POST", "/api/v1/rollbacks", {"repository": TEAM, "environment": "staging"}, False),
+        ("POST", "/api/v1/rollbacks", {"repository": FOREIGN, "environment": "develop"}, False),
+        ("POST", "/api/v1/scans", {"repository": TEAM, "reference": "v1.0.0"}, True),
+        ("POST", "/api/v1/scans", {"repository": FOREIGN, "reference": "v1.0.0"}, False),
+        ("DELETE", f"/api/v1/tokens/{world.new_token()}", None, False),
+        ("DELETE", f"/api/v1/subscriptions/{world.new_subscription()}", None, False),
+        ("DELETE", f"/api/v1/policies/{world.new_policy()}", None, False),
+        ("POST", f"/api/v1/subscriptions/{sub}/deliveries/{dlv}/redeliver", None, False),
+    ]
+
+
+def test_scoped_token_on_rollbacks_scans_deletes_and_redeliveries(world: World,
+                                                                   tmp_path: Path):
+    token = world.tokens["scoped"]
+    for method, path, body, allowed in _scoped_cases(world):
+        resp = call(world.stack, token, method, path, json=body)
+        if allowed:
+            assert resp.status_code not in (401, 403), (method, path, body, resp.text)
+        else:
+            assert resp.status_code == 403, (method, path, body, resp.status_code, resp.text)
+            assert resp.json()["code"] == "forbidden"
+    # /v2 manifest deletes: inside the globs reach the registry, outside are refused
+    scratch = push(world.stack, tmp_path, "rbac-scratch", f"{TEAM}:scratch-1",
+                   f"{FOREIGN}:scratch-1")
+    for repo, expected in ((TEAM, 202), (FOREIGN, 403)):
+        resp = requests.delete(f"{world.stack.gw_url}/v2/{repo}/manifests/{scratch.digest}",
+                               auth=("ci", token), timeout=10)
+        assert resp.status_code == expected, (repo, resp.text)
 
 
 def test_scoped_ci_token_refused_outside_its_repositories_and_environments(

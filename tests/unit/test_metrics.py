@@ -49,9 +49,11 @@ def test_requests_are_counted_by_route_template_not_path(app: Flask):
     assert client.get("/healthz").status_code == 200
     assert sample("tagwarden_http_requests_total", method="GET", route="/healthz",
                   status="200") == before + 1
+    unmatched = {"method": "GET", "route": "unmatched", "status": "404"}
+    before_unmatched = sample("tagwarden_http_request_duration_seconds_count", **unmatched)
     assert client.get("/no/such/thing").status_code == 404
-    assert sample("tagwarden_http_request_duration_seconds_count", method="GET",
-                  route="unmatched", status="404") >= 1
+    assert sample("tagwarden_http_request_duration_seconds_count",
+                  **unmatched) == before_unmatched + 1
     resp = client.get("/metrics")
     assert resp.status_code == 200
     assert resp.mimetype == "text/plain"
@@ -64,23 +66,28 @@ def test_requests_are_counted_by_route_template_not_path(app: Flask):
 
 def test_api_route_label_is_the_template(app: Flask):
     client = app.test_client()
-    client.get("/api/v1/policies/some-name")  # 401 without a token: still one route label
-    assert sample("tagwarden_http_requests_total", method="GET",
-                  route="/api/v1/policies/<string:name>", status="401") >= 1
+    label = {"method": "GET", "route": "/api/v1/policies/<string:name>", "status": "401"}
+    before = sample("tagwarden_http_requests_total", **label)
+    # 401 without a token: both paths count under the one template
+    assert client.get("/api/v1/policies/some-name").status_code == 401
+    assert client.get("/api/v1/policies/other-name").status_code == 401
+    assert sample("tagwarden_http_requests_total", **label) == before + 2
 
 
 def test_decision_counts_allowed_once_and_denied_per_rule():
     allowed = Decision(True, "team", ())
     denied = Decision(False, "team", (Violation("push.immutable", "no", "team"),
                                       Violation("push.denied", "no", "team")))
-    before = sample("tagwarden_policy_decisions_total", action="push", rule="push.immutable",
-                    outcome="denied")
+    keys = {"immutable": {"rule": "push.immutable", "outcome": "denied"},
+            "denied": {"rule": "push.denied", "outcome": "denied"},
+            "allowed": {"rule": "none", "outcome": "allowed"}}
+    before = {k: sample("tagwarden_policy_decisions_total", action="push", **v)
+              for k, v in keys.items()}
     metrics.decision("push", allowed)
     metrics.decision("push", denied)
-    assert sample("tagwarden_policy_decisions_total", action="push", rule="push.immutable",
-                  outcome="denied") == before + 1
-    assert sample("tagwarden_policy_decisions_total", action="push", rule="none",
-                  outcome="allowed") >= 1
+    after = {k: sample("tagwarden_policy_decisions_total", action="push", **v)
+             for k, v in keys.items()}
+    assert after == {k: v + 1 for k, v in before.items()}
 
 
 def test_free_text_labels_are_bounded(monkeypatch: pytest.MonkeyPatch):
@@ -102,20 +109,32 @@ def test_promotion_outcome_from_status(status: int, outcome: str):
 
 
 def test_helpers_record_their_metrics():
-    before = sample("tagwarden_webhook_events_received_total")
+    watched = {
+        "received": ("tagwarden_webhook_events_received_total", {}),
+        "deduplicated": ("tagwarden_webhook_events_deduplicated_total", {}),
+        "malformed": ("tagwarden_webhook_events_malformed_total", {}),
+        "failed": ("tagwarden_webhook_events_failed_total", {}),
+        "scans": ("tagwarden_scans_total", {"outcome": "succeeded"}),
+        "scan_seconds": ("tagwarden_scan_duration_seconds_sum", {"outcome": "succeeded"}),
+        "scan_count": ("tagwarden_scan_duration_seconds_count", {"outcome": "succeeded"}),
+        "delivered": ("tagwarden_deliveries_total", {"outcome": "delivered"}),
+        "rollbacks": ("tagwarden_promotions_total",
+                      {"kind": "rollback", "environment": "production",
+                       "outcome": "succeeded"}),
+    }
+
+    def now() -> dict[str, float]:
+        return {k: sample(name, **labels) for k, (name, labels) in watched.items()}
+
+    before = now()
     metrics.webhook(accepted=3, duplicates=2, malformed=1)
-    assert sample("tagwarden_webhook_events_received_total") == before + 6
-    assert sample("tagwarden_webhook_events_deduplicated_total") >= 2
-    assert sample("tagwarden_webhook_events_malformed_total") >= 1
     metrics.webhook_failed()
-    assert sample("tagwarden_webhook_events_failed_total") >= 1
     metrics.scan("succeeded", 12.5)
-    assert sample("tagwarden_scan_duration_seconds_sum", outcome="succeeded") >= 12.5
     metrics.delivery("delivered")
-    assert sample("tagwarden_deliveries_total", outcome="delivered") >= 1
     metrics.promotion("rollback", "production", "succeeded")
-    assert sample("tagwarden_promotions_total", kind="rollback", environment="production",
-                  outcome="succeeded") >= 1
+    grew = {k: v - before[k] for k, v in now().items()}
+    assert grew == {"received": 6, "deduplicated": 2, "malformed": 1, "failed": 1, "scans": 1,
+                    "scan_seconds": 12.5, "scan_count": 1, "delivered": 1, "rollbacks": 1}
 
 
 def test_counting_stream_and_body():

@@ -1,11 +1,8 @@
 import re
-import time
 
 import pytest
 
 from service.domain.tags import (
-    NAME_RE,
-    TAG_RE,
     classify,
     compile_matcher,
     is_git_sha,
@@ -45,10 +42,6 @@ def test_valid_tag(tag, valid):
     assert valid_tag(tag) is valid
 
 
-def test_tag_re_is_the_registry_grammar():
-    assert TAG_RE.pattern == r"[\w][\w.-]{0,127}"
-
-
 @pytest.mark.parametrize(
     ("name", "valid"),
     [
@@ -74,11 +67,12 @@ def test_valid_repository(name, valid):
     assert valid_repository(name) is valid
 
 
-def test_name_re_fails_fast_on_long_bad_names():
-    started = time.perf_counter()
-    assert NAME_RE.fullmatch("a-" * 120 + "!") is None
+def test_long_bad_names_are_refused():
+    # The worst inputs for the name grammar (how long they take is `make bench`'s
+    # regex_worst_case row): correct answers here.
+    assert valid_repository("a-" * 120 + "!") is False
     assert valid_repository("a" * 250 + "!") is False
-    assert time.perf_counter() - started < 0.5
+    assert valid_repository("a-" * 120 + "a") is True
 
 
 @pytest.mark.parametrize(
@@ -214,16 +208,10 @@ def test_matches_any():
         ("regex:[", "invalid regex"),
         ("regex:(", "invalid regex"),
         ("regex:" + "a" * 257, "longer than 256"),
-        ("regex:(a+)+", "nested quantifier"),
-        ("regex:(a*)*", "nested quantifier"),
-        ("regex:^(\\w+\\s?)*$", "nested quantifier"),
-        ("regex:(x+x+)+y", "nested quantifier"),
-        ("regex:(\\d+\\.?)+", "nested quantifier"),
-        ("regex:(.*a){10}", "nested quantifier"),
-        ("regex:(?:a+|b)+", "nested quantifier"),
-        ("regex:(a|a)*", "overlapping alternatives"),
-        ("regex:^(a|a?)+$", "overlapping alternatives"),
-        ("regex:(a|ab|b)*", "overlapping alternatives"),
+        ("regex:(a)\\1", "invalid regex '(a)\\\\1'"),  # backreference
+        ("regex:^(?=v)v1$", "invalid regex '^(?=v)v1$'"),  # lookahead
+        ("regex:(?<!tmp)-x", "invalid regex '(?<!tmp)-x'"),  # lookbehind
+        ("regex:a{1001}", "invalid regex 'a{1001}'"),  # RE2's repeat limit
     ],
 )
 def test_invalid_specs_are_rejected(spec, message):
@@ -232,25 +220,36 @@ def test_invalid_specs_are_rejected(spec, message):
 
 
 @pytest.mark.parametrize(
-    "pattern",
+    ("pattern", "tag", "expected"),
     [
-        "^pr-[0-9]+$",
-        "^v[0-9]+(\\.[0-9]+){2}(-rc\\.[0-9]+)?$",
-        "(\\.[0-9]+)*",
-        "^feature-([a-z0-9]+-)*[a-z0-9]+$",
-        "^(feat|fix)-",
-        "(ab|ac)*",
-        "((ab)+c)+",
-        "(\\w|\\d)+",
+        ("^pr-[0-9]+$", "pr-17", True),
+        ("^v[0-9]+(\\.[0-9]+){2}(-rc\\.[0-9]+)?$", "v1.2.3-rc.4", True),
+        ("^feature-([a-z0-9]+-)*[a-z0-9]+$", "feature-a-b-c", True),
+        ("^feature-([a-z0-9]+-)*[a-z0-9]+$", "feature-a-b-", False),
+        ("^(feat|fix)-", "fix-x", True),
+        # Shapes that backtrack exponentially in a backtracking engine: RE2 accepts them
+        # and answers correctly on the inputs that make `re` explode.
+        ("^(aa|a)*$", "a" * 40, True),
+        ("^(aa|a)*$", "a" * 40 + "b", False),
+        ("^(a+)+$", "a" * 40 + "!", False),
+        ("^(a|a?)+$", "a" * 60 + "!", False),
+        ("^(\\w+\\s?)*$", "a" * 60 + "!", False),
+        ("(x+x+)+y", "x" * 60, False),
+        ("(x+x+)+y", "x" * 60 + "y", True),
     ],
 )
-def test_safe_regexes_are_accepted(pattern):
-    validate_spec("regex:" + pattern)
+def test_regexes_match_with_re2_semantics(pattern, tag, expected):
+    assert compile_matcher("regex:" + pattern)(tag, ENVS) is expected
 
 
-def test_accepted_regexes_match_fast_on_hostile_tags():
-    hostile = "a" * 127 + "!"
-    started = time.perf_counter()
-    for pattern in ["^([a-z]+-)*[a-z]+$", "(\\w|\\d)+$", "^(a|)*$", "((ab)+c)+$"]:
-        compile_matcher("regex:" + pattern)(hostile, ENVS)
-    assert time.perf_counter() - started < 0.5
+def test_user_regexes_are_compiled_by_re2():
+    """The linear-time engine is what evaluates a policy's regex, not Python's `re`."""
+    import re2
+
+    from service.domain.tags import _compile_regex
+
+    assert isinstance(_compile_regex("^(aa|a)*$"), re2._Regexp)
+    # Python's `re` accepts a backreference; RE2 cannot run one in linear time and refuses.
+    assert re.compile(r"(a)\1") is not None
+    with pytest.raises(ValueError, match=r"RE2 syntax"):
+        validate_spec(r"regex:(a)\1")
