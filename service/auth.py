@@ -164,7 +164,11 @@ def authorize_api(principal: Principal, endpoint: str | None, method: str,
 def registry_access(method: str, route: V2Route, query: dict[str, str]
                     ) -> list[tuple[str, str]]:
     """(action, repository) pairs a /v2 request needs: pull, push or delete."""
-    if route.kind in ("base", "catalog"):
+    if route.kind == "base":
+        # always challenged: clients send the credentials they hold only after a 401 on
+        # this probe (anonymous ones go on without and pull what anonymous_pull allows)
+        return [("ping", "")]
+    if route.kind == "catalog":
         return [("pull", "")]
     if method in ("GET", "HEAD"):
         return [("pull", route.name)]
@@ -188,10 +192,13 @@ def authorize_registry(principal: Principal | None, needs: list[tuple[str, str]]
             if action == "pull" and anonymous_pull:
                 continue
             raise Unauthorized("authentication required: log in with a Tagwarden token")
+        if action == "ping":
+            continue
         needed = "admin" if action == "delete blobs of" else "ci"
         if action != "pull" and not principal.at_least(needed):
-            raise Forbidden(f"{action} needs {'an admin' if needed == 'admin' else 'a ci or admin'}"
-                            f" token; {principal.name!r} is {principal.role!r}")
+            who = "an admin" if needed == "admin" else "a ci or admin"
+            raise Forbidden(f"{action} needs {who} token; {principal.name!r} is "
+                            f"{principal.role!r}")
         if repository and not principal.covers(repository):
             raise Forbidden(f"token {principal.name!r} is not allowed to {action} "
                             f"{repository!r}")

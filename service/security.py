@@ -121,7 +121,10 @@ def _url_origin(url: str) -> str:
 
 
 def _v2_principal(svc: Services, header: str | None) -> auth.Principal | None:
-    """The /v2 caller: None when anonymous, Unauthorized when credentials are wrong."""
+    """The /v2 caller: None when anonymous (no credentials, or the empty Basic ones clients
+    send after a challenge when they hold none), Unauthorized when credentials are wrong."""
+    if header and header.strip().lower() in ("basic", "basic og=="):  # "" and ":"
+        return None
     principal = auth.from_basic(svc, header)
     if principal is None and header:
         raise Unauthorized("invalid, expired or revoked token")

@@ -162,12 +162,24 @@ def test_anonymous_pull_but_not_push_and_locations_use_the_public_url(open_stack
     assert upload.headers["Location"].startswith(f"{PUBLIC}/v2/features/anon/blobs/uploads/")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with TAGWARDEN_ANONYMOUS_PULL=true, GET /v2/ answers 200 to a client without "
-    "credentials, so skopeo (containers/image) never sends the credentials it holds and its "
-    "push is refused 401 'authentication required'"))
-def test_a_logged_in_push_works_when_anonymous_pull_is_on(open_stack: Stack, tmp_path: Path):
-    push(open_stack, tmp_path, "features-anon-push", "features/anon-push:v1.0.0")
+def test_a_logged_in_push_and_an_anonymous_pull_both_work(tmp_path: Path):
+    """GET /v2/ always challenges a client without credentials: skopeo then sends the ones
+    it holds (the push works), and one holding none goes on anonymously (the pull works)."""
+    anon = start_stack(tmp_path / "anon", worker=False, TAGWARDEN_ANONYMOUS_PULL="true")
+    try:
+        check_logged_in_push_and_anonymous_pull(anon, tmp_path)
+    finally:
+        anon.stop()
+
+
+def check_logged_in_push_and_anonymous_pull(stack: Stack, tmp_path: Path) -> None:
+    assert requests.get(f"{stack.gw_url}/v2/", timeout=10).status_code == 401
+    image = push(stack, tmp_path, "features-anon-push", "features/anon-push:v1.0.0")
+    out = tmp_path / "pulled"
+    pulled = oci.skopeo_copy(f"docker://{stack.gw}/features/anon-push:v1.0.0",
+                             f"oci:{out}:img", creds="")
+    assert pulled.returncode == 0, pulled.stderr
+    assert oci.skopeo_digest(f"oci:{out}:img", creds="") == image.digest
 
 
 # -- a gateway trusting forwarded headers, seeded policies, no outbound allowlist --------------
