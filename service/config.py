@@ -102,6 +102,8 @@ class Settings:
     delivery_timeout: int = 5
     webhook_max_bytes: int = 1024 * 1024
     api_max_bytes: int = 2 * 1024 * 1024
+    # bytes of manifests one gateway process reads and parses at once (issue 14)
+    manifest_memory: int = 64 * 1024 * 1024
     anonymous_pull: bool = False
     rate_limit: str = "1200/minute"
     open_docs: bool = True
@@ -148,6 +150,9 @@ class Settings:
             values["proxy_chunk_size"] = _int(
                 "TAGWARDEN_PROXY_CHUNK_SIZE", v, 64 * 1024, 64 * 1024 * 1024
             )
+        if (v := get("TAGWARDEN_MANIFEST_MEMORY_MIB")) is not None:
+            values["manifest_memory"] = _int("TAGWARDEN_MANIFEST_MEMORY_MIB", v, 8, 65536) \
+                * 1024 * 1024
         if (v := get("TAGWARDEN_QUEUE")) is not None:
             if not v.replace("-", "").replace("_", "").isalnum():
                 raise ConfigError(f"TAGWARDEN_QUEUE={v!r} must be letters, digits, - or _")

@@ -26,6 +26,7 @@ STATUS: dict[type, int] = {
     domain.PolicyDenied: 403,
     domain.RegistryUnavailable: 502,
     domain.StoreUnavailable: 503,
+    domain.Busy: 429,
 }
 HTTP_CODES = {
     400: "invalid_request",
@@ -85,6 +86,13 @@ def handle_domain(exc: domain.DomainError) -> Response:
         log.warning("%s %s: %s", request.method, request.path, exc.message)
     decision = getattr(exc, "decision", None)
     violations = decision.to_dict()["violations"] if decision is not None else None
+    resp = _domain_response(exc, status, violations)
+    if isinstance(exc, domain.Busy):
+        resp.headers["Retry-After"] = str(exc.retry_after)
+    return resp
+
+
+def _domain_response(exc: domain.DomainError, status: int, violations: Any) -> Response:
     if _is_registry_path():
         code = "DENIED" if isinstance(exc, domain.PolicyDenied) else REGISTRY_CODES.get(
             status, "UNKNOWN"

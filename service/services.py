@@ -10,6 +10,7 @@ from rq import Queue
 from service import store
 from service.config import Settings
 from service.registry.client import RegistryClient
+from service.registry.limits import MemoryBudget
 from service.store.audit import AuditStore
 from service.store.environments import EnvironmentStore
 from service.store.events import EventStore
@@ -43,6 +44,7 @@ class Services:
     audit: AuditStore
     scans: ScanStore
     vulndb: VulnDB
+    manifest_budget: MemoryBudget
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -70,4 +72,5 @@ class Services:
             audit=AuditStore(client),
             scans=ScanStore(client),
             vulndb=VulnDB(client),
+            manifest_budget=MemoryBudget(settings.manifest_memory),
         )
