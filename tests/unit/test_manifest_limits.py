@@ -34,6 +34,12 @@ def big_real_manifest(layers: int) -> bytes:
     (b"[" + b",".join([b"0"] * (MAX_ELEMENTS + 2)) + b"]", "elements"),
     # braces and commas inside strings are not structure
     (json.dumps({"annotations": {"x": "{[," * (MAX_ELEMENTS + 10)}}).encode(), None),
+    # an annotation holding JSON text (escaped quotes) is not structure either
+    (json.dumps({"annotations": {"sbom": json.dumps([{"a": [i]} for i in range(20000)])}}
+                ).encode(), None),
+    # annotations full of tiny objects: too many strings to look at, the upper bound stands
+    (b'{"annotations":{' + b",".join(b'"%x":{}' % i for i in range(MAX_CONTAINERS + 1))
+     + b"}}", "objects and arrays"),
     # an unterminated string does not hide the objects after it
     (b'{"a":"' + b"{}," * (MAX_CONTAINERS + 1), "objects and arrays"),
 ])
