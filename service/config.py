@@ -153,6 +153,10 @@ class Settings:
         if (v := get("TAGWARDEN_MANIFEST_MEMORY_MIB")) is not None:
             values["manifest_memory"] = _int("TAGWARDEN_MANIFEST_MEMORY_MIB", v, 8, 65536) \
                 * 1024 * 1024
+        for name, low, high in (("TAGWARDEN_UPLOAD_MIN_RATE", 0, 1024**3),
+                                ("TAGWARDEN_RESERVED_THREADS", 1, 1024)):
+            if (v := get(name)) is not None:  # read by service.gunicorn_worker
+                _int(name, v, low, high)
         if (v := get("TAGWARDEN_QUEUE")) is not None:
             if not v.replace("-", "").replace("_", "").isalnum():
                 raise ConfigError(f"TAGWARDEN_QUEUE={v!r} must be letters, digits, - or _")
