@@ -102,6 +102,8 @@ class Settings:
     delivery_timeout: int = 5
     webhook_max_bytes: int = 1024 * 1024
     api_max_bytes: int = 2 * 1024 * 1024
+    # bytes of manifests one gateway process reads and parses at once (issue 14)
+    manifest_memory: int = 64 * 1024 * 1024
     anonymous_pull: bool = False
     rate_limit: str = "1200/minute"
     # failed authentications one client address may make before it is refused for the window
@@ -150,6 +152,13 @@ class Settings:
             values["proxy_chunk_size"] = _int(
                 "TAGWARDEN_PROXY_CHUNK_SIZE", v, 64 * 1024, 64 * 1024 * 1024
             )
+        if (v := get("TAGWARDEN_MANIFEST_MEMORY_MIB")) is not None:
+            values["manifest_memory"] = _int("TAGWARDEN_MANIFEST_MEMORY_MIB", v, 8, 65536) \
+                * 1024 * 1024
+        for name, low, high in (("TAGWARDEN_UPLOAD_MIN_RATE", 0, 1024**3),
+                                ("TAGWARDEN_RESERVED_THREADS", 1, 1024)):
+            if (v := get(name)) is not None:  # read by service.gunicorn_worker
+                _int(name, v, low, high)
         if (v := get("TAGWARDEN_QUEUE")) is not None:
             if not v.replace("-", "").replace("_", "").isalnum():
                 raise ConfigError(f"TAGWARDEN_QUEUE={v!r} must be letters, digits, - or _")

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, current_app, g, request
 
 from service import catalog, clientaddr, governance, metrics
+from service.domain.errors import Busy
 from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
 from service.registry import routes
@@ -21,6 +22,7 @@ from service.registry.client import (
     RegistryClient,
     sha256_digest,
 )
+from service.registry.limits import ManifestTooComplex, parse_cost, parse_manifest
 from service.registry.routes import QUERY_PARAMS, BadRoute, V2Route
 from service.services import Services
 from service.store.tagmap import TagLock
@@ -273,15 +275,40 @@ def _actor() -> str | None:
 
 
 def _read_manifest_body() -> bytes | Response:
-    """The manifest bytes, refused above 4 MiB without reading them all."""
-    if (request.content_length or 0) > MAX_MANIFEST_BYTES:
+    """The manifest bytes, refused above 4 MiB without reading them all; read only once this
+    process's manifest memory budget has room for them (else Busy: 429 TOOMANYREQUESTS)."""
+    length = request.content_length
+    if (length or 0) > MAX_MANIFEST_BYTES:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               "manifest exceeds 4 MiB")
+    _reserve_manifest_memory(MAX_MANIFEST_BYTES if length is None else length)
     body = request.stream.read(MAX_MANIFEST_BYTES + 1)
     if len(body) > MAX_MANIFEST_BYTES:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               "manifest exceeds 4 MiB")
     return body
+
+
+# Seconds a manifest PUT waits for room in the manifest memory budget before a 429.
+MANIFEST_MEMORY_WAIT = 10.0
+
+
+def _reserve_manifest_memory(length: int) -> None:
+    """Hold what reading and parsing `length` manifest bytes may cost until the request ends
+    (the body lives until it has been forwarded); Busy when no room came in time."""
+    reserved = _services().manifest_budget.acquire(parse_cost(length), MANIFEST_MEMORY_WAIT)
+    if reserved is None:
+        raise Busy("too many large manifests are being processed by this gateway process; "
+                   "retry shortly")
+    g.manifest_memory_reserved = reserved
+
+
+@bp.teardown_request
+def _release_manifest_memory(exc: BaseException | None) -> None:  # noqa: ARG001
+    """Give back the manifest memory this request reserved, whatever its outcome."""
+    reserved = g.pop("manifest_memory_reserved", None)
+    if reserved:
+        _services().manifest_budget.release(reserved)
 
 
 def _validate_manifest(body: bytes, media_type: str) -> Response | None:
@@ -290,7 +317,9 @@ def _validate_manifest(body: bytes, media_type: str) -> Response | None:
                               f"unsupported manifest media type {media_type!r}; "
                               f"use one of {', '.join(MANIFEST_TYPES)}")
     try:
-        parsed = json.loads(body)
+        parsed = parse_manifest(body)  # counts objects before building any
+    except ManifestTooComplex as exc:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid", str(exc))
     except (ValueError, UnicodeDecodeError) as exc:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               f"manifest is not valid JSON: {exc}")

@@ -10,6 +10,7 @@ from rq import Queue
 from service import store
 from service.config import Settings
 from service.registry.client import RegistryClient
+from service.registry.limits import MemoryBudget
 from service.store.audit import AuditStore
 from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
@@ -47,6 +48,7 @@ class Services:
     audit: AuditStore
     scans: ScanStore
     vulndb: VulnDB
+    manifest_budget: MemoryBudget
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -76,4 +78,5 @@ class Services:
             audit=AuditStore(client),
             scans=ScanStore(client),
             vulndb=VulnDB(client),
+            manifest_budget=MemoryBudget(settings.manifest_memory),
         )
