@@ -9,11 +9,13 @@ import threading
 from pathlib import Path
 
 import requests
+from rq import Queue
 
-from tests.integration.conftest import Stack, start_stack
+from tests.helpers import oci, procs
+from tests.integration.conftest import TEST_ENV, Stack, start_stack
 from tests.integration.test_features import api, put_policy
 from tests.integration.test_promotions import push, registry_digest
-from tests.integration.test_webhooks import wait_for
+from tests.integration.test_webhooks import events, wait_for
 from tests.unit.scanner import fixtures
 
 ENVIRONMENTS = {"develop": {}, "staging": {"from": "develop"},
@@ -68,5 +70,66 @@ def test_a_retry_while_the_first_attempt_runs_is_409_then_replays_it(tmp_path: P
         history = api(stack, "GET", "/api/v1/promotions",
                       params={"repository": repo}).json()["items"]
         assert [r["id"] for r in history] == [first[0].json()["id"]]
+    finally:
+        stack.stop()
+
+
+# -- 2. reconciliation on its schedule, with no registry notification to notice drift ----------
+def quiet_stack(workdir: Path, **env_extra: str) -> Stack:
+    """Like start_stack, but the registry notifies a port nobody listens on: only the
+    reconciliation passes can see what happens behind the gateway's back."""
+    redis_proc = procs.redis_server(workdir / "redis")
+    registry = procs.registry_server(
+        workdir / "registry", f"http://127.0.0.1:{procs.free_port()}/api/v1/webhooks/registry")
+    env = procs.gateway_env(redis_proc.port, registry.port, **{**TEST_ENV, **env_extra})
+    gateway = procs.gateway_server(workdir / "gateway", env)
+    stack = Stack(redis_proc, registry, gateway, workdir, env)
+    stack.worker = procs.worker_process(workdir / "worker", env)
+    return stack
+
+
+def finished_reconciles(stack: Stack) -> list[str]:
+    queue = Queue("tagwarden", connection=stack.redis_client())
+    return [j for j in queue.finished_job_registry.get_job_ids()
+            if j.startswith("tagwarden-reconcile-")]
+
+
+def test_scheduled_reconciliation_restores_drift_or_records_it(tmp_path: Path):
+    stack = quiet_stack(tmp_path, TAGWARDEN_RECONCILE_INTERVAL="5")
+    try:
+        put_policy(stack, policy("restored"))
+        put_policy(stack, policy("recorded", on_drift="record"))
+        good = {}
+        for repo in ("restored/app", "recorded/app"):
+            good[repo] = push(stack, tmp_path, repo.replace("/", "-"), f"{repo}:v1.0.0")
+            moved = promote(stack, repository=repo, environment="develop", tag="v1.0.0")
+            assert moved.status_code == 201, moved.text
+        # the pass of the worker's start is over: what finds the drift below is a later one
+        wait_for(lambda: finished_reconciles(stack), timeout=60)
+        assert events(stack, action="drift.detected") == []
+        rogue = oci.simple_image("rogue")
+        layout = oci.write_layout(tmp_path / "rogue", {"img": rogue})
+        for repo in good:
+            direct = oci.skopeo_copy(f"oci:{layout}:img", f"docker://{stack.reg}/{repo}:develop")
+            assert direct.returncode == 0, direct.stderr
+        restored = wait_for(lambda: events(stack, repository="restored/app",
+                                           action="drift.detected"), timeout=90)
+        recorded = wait_for(lambda: events(stack, repository="recorded/app",
+                                           action="drift.detected"), timeout=90)
+        assert registry_digest(stack, "restored/app", "develop") == good["restored/app"].digest
+        assert [(e["tag"], e["kind"], e["expected_digest"], e["found_digest"], e["policy"],
+                 e["on_drift"], e["restored"]) for e in restored] == [
+            ("develop", "environment", good["restored/app"].digest, rogue.digest, "restored",
+             "restore", True)]
+        # record: every pass records it again, none puts it back
+        assert {(e["tag"], e["kind"], e["expected_digest"], e["found_digest"], e["policy"],
+                 e["on_drift"], e["restored"]) for e in recorded} == {
+            ("develop", "environment", good["recorded/app"].digest, rogue.digest, "recorded",
+             "record", False)}
+        assert registry_digest(stack, "recorded/app", "develop") == rogue.digest
+        pointers = api(stack, "GET", "/api/v1/environments",
+                       params={"repository": "recorded/app"}).json()["environments"]
+        assert {e["name"]: e["digest"] for e in pointers}["develop"] == good[
+            "recorded/app"].digest
     finally:
         stack.stop()
