@@ -5,6 +5,8 @@ worker start, and the external scanner alone."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tests.helpers import oci, procs
 from tests.integration.conftest import TEST_ENV, Stack, start_stack
 from tests.integration.test_features import api, put_policy
 from tests.integration.test_promotions import push, registry_digest
+from tests.integration.test_scans import _key, push_layout, scan
 from tests.integration.test_webhooks import events, wait_for
 from tests.unit.scanner import fixtures
 
@@ -131,5 +134,39 @@ def test_scheduled_reconciliation_restores_drift_or_records_it(tmp_path: Path):
                        params={"repository": "recorded/app"}).json()["environments"]
         assert {e["name"]: e["digest"] for e in pointers}["develop"] == good[
             "recorded/app"].digest
+    finally:
+        stack.stop()
+
+
+# -- 3. scans fail until a database is loaded; the import rescans what environments run ---------
+def test_scans_fail_without_a_database_and_the_import_rescans_deployed_digests(tmp_path: Path):
+    stack = start_stack(tmp_path)
+    try:
+        put_policy(stack, policy("nodb"))
+        image = oci.Image(layers=fixtures.alpine_image_layers())
+        push_layout(stack, tmp_path, image, "nodb/app:v1.0.0")
+        assert promote(stack, repository="nodb/app", environment="develop",
+                       tag="v1.0.0").status_code == 201
+        assert api(stack, "GET", "/api/v1/vulndb").json()["records"] == 0
+        failed = scan(stack, "nodb/app", "v1.0.0")
+        assert (failed["status"], failed["error"], failed["digest"]) == (
+            "failed", NO_DB, image.digest)
+        tagwarden = str(Path(sys.executable).parent / "tagwarden")
+        done = subprocess.run([tagwarden, "vulndb", "import", str(osv_dir(tmp_path / "osv"))],
+                              env=stack.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert '"rescans": 1' in done.stdout, done.stdout
+
+        def rescanned():
+            items = api(stack, "GET", "/api/v1/scans", params={"repository": "nodb/app"}
+                        ).json()["items"]
+            return [s for s in items if s["reason"] == "vulndb-update"
+                    and s["status"] in ("succeeded", "failed")]
+
+        [rescan] = wait_for(rescanned, timeout=60)
+        assert rescan["status"] == "succeeded", rescan["error"]
+        assert rescan["digest"] == image.digest
+        assert sorted(map(_key, rescan["findings"])) == sorted(
+            map(_key, fixtures.ALPINE_EXPECTED_FINDINGS))
     finally:
         stack.stop()
