@@ -170,3 +170,23 @@ def test_scans_fail_without_a_database_and_the_import_rescans_deployed_digests(t
             map(_key, fixtures.ALPINE_EXPECTED_FINDINGS))
     finally:
         stack.stop()
+
+
+# -- 4. TAGWARDEN_VULNDB at worker start ---------------------------------------------------------
+def test_the_worker_imports_tagwarden_vulndb_at_start(tmp_path: Path):
+    stack = start_stack(tmp_path, TAGWARDEN_VULNDB=str(osv_dir(tmp_path / "osv")))
+    try:
+        put_policy(stack, policy("startdb"))
+        records = len(fixtures.osv_fixture_records())
+        info = wait_for(lambda: (i := api(stack, "GET", "/api/v1/vulndb").json())["records"]
+                        and i, timeout=60)
+        assert info["records"] == records and info["loaded_at"], info
+        image = oci.Image(layers=fixtures.alpine_image_layers())
+        push_layout(stack, tmp_path, image, "startdb/app:v1.0.0")
+        result = scan(stack, "startdb/app", "v1.0.0")
+        assert result["status"] == "succeeded", result["error"]
+        assert result["vulndb"]["version"] == info["version"]
+        assert sorted(map(_key, result["findings"])) == sorted(
+            map(_key, fixtures.ALPINE_EXPECTED_FINDINGS))
+    finally:
+        stack.stop()
