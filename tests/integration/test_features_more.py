@@ -14,6 +14,7 @@ import requests
 from rq import Queue
 
 from tests.helpers import oci, procs
+from tests.helpers.harbor_double import HarborDouble
 from tests.integration.conftest import TEST_ENV, Stack, start_stack
 from tests.integration.test_features import api, put_policy
 from tests.integration.test_promotions import push, registry_digest
@@ -190,3 +191,31 @@ def test_the_worker_imports_tagwarden_vulndb_at_start(tmp_path: Path):
             map(_key, fixtures.ALPINE_EXPECTED_FINDINGS))
     finally:
         stack.stop()
+
+
+# -- 5. TAGWARDEN_SCANNER_MODE=external ------------------------------------------------------------
+def test_external_mode_reports_only_the_external_scanners_findings(tmp_path: Path):
+    vulnerability = {"id": "CVE-2099-0002", "package": "musl", "version": "1.2.4-r2",
+                     "fix_version": "1.2.4-r3", "severity": "High"}
+    with HarborDouble(vulnerabilities=[vulnerability], pending_polls=1,
+                      refresh_after=0) as double:
+        # the database is loaded too: the built-in scanner would find something if it ran
+        stack = start_stack(tmp_path, TAGWARDEN_VULNDB=str(osv_dir(tmp_path / "osv")),
+                            TAGWARDEN_SCANNER_URL=double.url, TAGWARDEN_SCANNER_MODE="external")
+        try:
+            put_policy(stack, policy("external"))
+            wait_for(lambda: api(stack, "GET", "/api/v1/vulndb").json()["records"], timeout=60)
+            image = oci.Image(layers=fixtures.alpine_image_layers())
+            push_layout(stack, tmp_path, image, "external/app:v1.0.0")
+            result = scan(stack, "external/app", "v1.0.0")
+            assert result["status"] == "succeeded", result["error"]
+            assert [(f["id"], f["package"], f["installed_version"], f["fixed_version"],
+                     f["severity"], f.get("scanner")) for f in result["findings"]] == [
+                ("CVE-2099-0002", "musl", "1.2.4-r2", "1.2.4-r3", "high", "external")]
+            assert result["packages"] == 0  # no built-in inventory was taken
+            assert result["summary"] == {"critical": 0, "high": 1, "medium": 0, "low": 0,
+                                         "unknown": 0}
+            [request] = double.seen("POST", "/api/v1/scan")
+            assert request.json()["artifact"]["digest"] == image.digest
+        finally:
+            stack.stop()
