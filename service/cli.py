@@ -86,23 +86,37 @@ CI_SYSTEMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
-def ci_idempotency_key(repository: str, environment: str, source: dict[str, str],
-                       env: dict[str, str] | None = None) -> tuple[str, str] | None:
-    """(key, where it came from) for a promotion run by a known CI system, else None.
-    Stable across retries of the same step; different for another repository, target or
-    source, and for another pipeline run."""
+def ci_run(env: dict[str, str] | None = None) -> tuple[str, str, str, dict[str, str]] | None:
+    """(system, run id, "VAR=value", step variables) of the CI run this process is part of."""
     env = os.environ if env is None else env
     for name, run_var, step_vars in CI_SYSTEMS:
         run_id = env.get(run_var, "").strip()
-        if not run_id:
-            continue
-        material = {"v": 1, "ci": name, "run": run_id,
-                    "step": {var: env.get(var, "") for var in step_vars},
-                    "repository": repository, "environment": environment, "source": source}
-        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(canonical.encode()).hexdigest()[:48]
-        return f"tagwarden-{name}-{digest}", f"{run_var}={run_id}"
+        if run_id:
+            return name, run_id, f"{run_var}={run_id}", {v: env.get(v, "") for v in step_vars}
     return None
+
+
+def ci_run_prefix(system: str, run_id: str) -> str:
+    """What every key derived within one CI run starts with (how a rollback step finds the
+    promotions its own run made)."""
+    material = json.dumps({"v": 2, "ci": system, "run": run_id}, sort_keys=True)
+    return f"tagwarden-{system}-{hashlib.sha256(material.encode()).hexdigest()[:16]}-"
+
+
+def ci_idempotency_key(repository: str, environment: str, source: dict[str, str],
+                       env: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """(key, where it came from) for a call made by a known CI system, else None.
+    Stable across retries of the same step; different for another repository, target or
+    source, and for another pipeline run."""
+    run = ci_run(env)
+    if run is None:
+        return None
+    system, run_id, where, step = run
+    material = {"v": 2, "step": step, "repository": repository, "environment": environment,
+                "source": source}
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return ci_run_prefix(system, run_id) + digest, where
 
 
 def _print_json(body: Any) -> None:
@@ -245,14 +259,25 @@ def cmd_promote(args: argparse.Namespace) -> int:
         print("\n".join(_violation_lines(record.get("violations") or [], record.get("policy"),
                                          "DENIED")))
         return 2
-    if args.json:
-        _print_json(record)
-        return 0
     same = record.get("previous_digest") == record.get("digest")
-    print(f"promoted {record.get('repository')} to {record.get('environment')}: "
-          f"{record.get('digest')}" + (" (unchanged, recorded again)" if same else ""))
-    _print_record(record)
+    _print_done(args, client, record,
+                f"promoted {record.get('repository')} to {record.get('environment')}: "
+                f"{record.get('digest')}" + (" (unchanged, recorded again)" if same else ""))
     return 0
+
+
+def _print_done(args: argparse.Namespace, client: Any, record: dict[str, Any], line: str
+                ) -> None:
+    """The answer's line (after `replayed: ` when it is the first attempt's answer again)."""
+    if client.replayed:
+        line = f"replayed: {line} (the first answer to this Idempotency-Key; nothing changed now)"
+    if args.json:
+        if client.replayed:
+            print(line, file=sys.stderr)
+        _print_json(record)
+        return
+    print(line)
+    _print_record(record)
 
 
 def _print_record(record: dict[str, Any]) -> None:
@@ -265,6 +290,36 @@ def _print_record(record: dict[str, Any]) -> None:
         print(f"  {label:<9} {value if value is not None else '-'}")
 
 
+def _rollback_expectation(client: Any, args: argparse.Namespace, key: str,
+                          run: tuple[str, str, str, dict[str, str]]) -> tuple[str | None, str]:
+    """(expected digest, where it came from) for a rollback run in CI, the same on every retry:
+    the digest before this step's own earlier rollback when there was one (its retry then
+    replays), else the digest this CI run promoted into the environment, else (a run that
+    only rolls back) what the environment points to now."""
+    items = client.promotions(args.repository, args.env, 500).get("items") or []
+    for record in items:
+        if record.get("kind") == "rollback" and record.get("idempotency_key") == key:
+            return record.get("previous_digest"), f"this step's rollback {record.get('id')}"
+    from service.client import ApiError
+
+    prefix = ci_run_prefix(run[0], run[1])
+    for record in items:
+        if record.get("kind") != "rollback" and str(record.get("idempotency_key") or ""
+                                                     ).startswith(prefix):
+            newest = items[0]
+            if newest.get("id") != record.get("id"):  # the environment moved on since
+                raise ApiError(409, {"code": "conflict", "message": (
+                    f"{args.env} of {args.repository} has moved since {run[2]} promoted "
+                    f"{record.get('digest')} ({record.get('id')}): the newest record is "
+                    f"{newest.get('kind')} {newest.get('id')} by {newest.get('actor')} to "
+                    f"{newest.get('digest')}; nothing was rolled back")})
+            return record.get("digest"), f"what {run[2]} promoted ({record.get('id')})"
+    state = client.environments(args.repository)
+    current = next((e.get("digest") for e in state.get("environments") or []
+                    if e.get("name") == args.env), None)
+    return current, f"what {args.env} pointed to when {run[2]} first rolled back"
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     """POST /api/v1/rollbacks."""
     body: dict[str, Any] = {"repository": args.repository, "environment": args.env,
@@ -272,15 +327,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.reason is not None:
         body["reason"] = args.reason
     client = _client(args)
-    record, failed = _call(args, lambda: client.rollback(body))
+    key, expected, hint = args.idempotency_key, args.expected_digest, None
+    run = ci_run()
+    if key is None and run is not None:
+        key = ci_idempotency_key(args.repository, args.env, {"rollback": args.to})[0]  # type: ignore[index]
+        hint = (f"the Idempotency-Key was derived from the CI run ({run[2]}); "
+                "pass --idempotency-key to choose another")
+    if expected is None and run is not None and key is not None:
+        derived, failed = _call(args, lambda: _rollback_expectation(client, args, key, run),
+                                "--expected-digest is derived from the CI run "
+                                f"({run[2]}); pass --expected-digest to roll back anyway")
+        if failed is not None:
+            return failed
+        expected, why = derived
+        hint = (f"the Idempotency-Key and --expected-digest {expected} ({why}) were derived "
+                f"from the CI run ({run[2]}); pass --idempotency-key or --expected-digest to "
+                "choose others")
+    if expected is not None:
+        body["expected_digest"] = expected
+    record, failed = _call(args, lambda: client.rollback(body, key), hint)
     if failed is not None:
         return failed
-    if args.json:
-        _print_json(record)
-        return 0
-    print(f"rolled back {record.get('repository')} {record.get('environment')} to "
-          f"{record.get('digest')}")
-    _print_record(record)
+    _print_done(args, client, record, f"rolled back {record.get('repository')} "
+                f"{record.get('environment')} to {record.get('digest')}")
     return 0
 
 
@@ -392,12 +461,21 @@ def add_ci_parsers(sub: Any) -> None:
     rollback = sub.add_parser(
         "rollback", parents=[api], help="roll an environment back",
         description="Move an environment back to its previous digest or to an earlier "
-                    "promotion (POST /api/v1/rollbacks).", epilog=exit_codes)
+                    "promotion (POST /api/v1/rollbacks). In CI, an Idempotency-Key and the "
+                    "expected current digest (what this run promoted) are derived from the "
+                    "run, so a retried step replays the first answer and a rollback never "
+                    "undoes another pipeline's release.", epilog=exit_codes)
     rollback.add_argument("--repository", required=True, metavar="REPO")
     rollback.add_argument("--env", required=True, metavar="ENV", help="environment to roll back")
     rollback.add_argument("--to", default="previous", metavar="previous|PROMOTION_ID",
                           help="the previous digest (default) or a promotion id of ENV")
     rollback.add_argument("--reason", metavar="TEXT")
+    rollback.add_argument("--expected-digest", metavar="D",
+                          help="refuse (409) unless ENV points to this digest now (in CI: "
+                               "derived from the run, so a retried step never rolls back twice)")
+    rollback.add_argument("--idempotency-key", metavar="KEY",
+                          help="retrying with the same key replays the first answer (in CI: "
+                               "derived from the run)")
 
     history = sub.add_parser(
         "history", parents=[api], help="promotion history, newest first",

@@ -66,6 +66,7 @@ class ApiClient:
         self.session.headers["Accept"] = "application/json"
         token = (token or "").strip()
         self._secret = token
+        self.replayed = False  # the last answer carried Idempotent-Replayed: true
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -93,6 +94,7 @@ class ApiClient:
             raise ApiConnectionError(shown, self._scrub(_reason(exc))) from None
         except requests.RequestException as exc:  # invalid URL or header, redirects, ...
             raise ApiConnectionError(shown, self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        self.replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
         try:
             body = resp.json()
         except ValueError:

@@ -7,13 +7,14 @@ from typing import Any
 
 from service import metrics, notify
 from service.domain.durations import format_time
-from service.domain.errors import NotFound, PolicyDenied, Unprocessable
+from service.domain.errors import Conflict, NotFound, PolicyDenied, Unprocessable
 from service.domain.gates import evaluate_rollback
 from service.governance import denial_message, policy_for
 from service.promotions import (
     _check_target,
     _record,
     build_context,
+    client_key,
     fingerprint,
     idempotent,
     move,
@@ -43,12 +44,25 @@ def _target(svc: Services, repository: str, environment: str, to: str) -> dict[s
 
 
 def rollback(svc: Services, req: dict[str, Any], actor: str | None,
-             idem_key: str | None = None) -> tuple[int, dict[str, Any]]:
-    """POST /rollbacks: back to the previous digest (or a named promotion's), recorded as such.
-    Soak and scan gates are skipped (the emergency exit); the digest must still exist."""
+             idem_key: str | None = None) -> tuple[int, dict[str, Any], bool]:
+    """POST /rollbacks: (201, record, replayed). Back to the previous digest (or a named
+    promotion's), recorded as such. Soak and scan gates are skipped (the emergency exit); the
+    digest must still exist. A replayed key answers before the target is looked for: "previous"
+    would name another digest once the first attempt has moved the environment."""
+    return idempotent(svc, idem_key, fingerprint("rollback", req),
+                      lambda idem: _rollback(svc, req, actor, idem))
+
+
+def _rollback(svc: Services, req: dict[str, Any], actor: str | None,
+              idem: dict[str, str] | None) -> dict[str, Any]:
     repository, environment = req["repository"], req["environment"]
+    expected = req.get("expected_digest")
     policy = policy_for(svc, repository)
     _check_target(policy, repository, environment)
+    current = svc.environments.digests(repository).get(environment)
+    if expected is not None and expected != current:
+        raise Conflict(f"{environment} of {repository} points to {current or 'nothing'}, not "
+                       f"the expected {expected}: nothing was rolled back")
     target = _target(svc, repository, environment, req.get("to") or "previous")
     manifest = svc.registry.get_manifest(repository, target["digest"])
     if manifest is None:
@@ -63,13 +77,10 @@ def rollback(svc: Services, req: dict[str, Any], actor: str | None,
                      list(ctx.digest_tags), actor, req.get("reason"), policy.name)
     if not decision.allowed:
         raise PolicyDenied(denial_message(decision), decision)
-
-    def run(idem: dict[str, str] | None) -> dict[str, Any]:
-        done = move(svc, record, manifest, None, idem)
-        notify.emit(svc, "rollback.succeeded", done)
-        return done
-
-    return idempotent(svc, idem_key, fingerprint("rollback", req), run)
+    record["idempotency_key"] = client_key(idem)
+    done = move(svc, record, manifest, expected, idem)
+    notify.emit(svc, "rollback.succeeded", done)
+    return done
 
 
 def environments(svc: Services, repository: str, at: datetime | None) -> dict[str, Any]:

@@ -190,8 +190,8 @@ def install(app: Flask, svc: Services) -> None:
     def _audit(resp: Response) -> Response:
         action = AUDITED.get(request.endpoint or "")
         if action and request.method not in ("GET", "HEAD") and g.get("principal"):
-            outcome = "success" if resp.status_code < 400 else (
-                "denied" if resp.status_code in (401, 403) else "error")
+            outcome = g.get("audit_outcome") or ("success" if resp.status_code < 400 else (
+                "denied" if resp.status_code in (401, 403) else "error"))
             try:
                 svc.audit.record(action, (g.get("actor_id"), g.get("actor_name")), _target(),
                                  outcome, resp.status_code,

@@ -38,6 +38,10 @@ class RollbackRequestSchema(StrictSchema):
     environment = fields.String(required=True, validate=ENVIRONMENT)
     to = fields.String(load_default="previous", validate=validate.Length(min=1, max=64))
     reason = fields.String(validate=validate.Length(max=1000), allow_none=True)
+    expected_digest = fields.String(
+        validate=DIGEST, allow_none=True,
+        metadata={"description": "refuse (409 conflict) unless the environment points to this "
+                                 "digest now: a retried rollback never rolls back twice"})
 
 
 class PromotionSchema(Schema):
@@ -55,6 +59,8 @@ class PromotionSchema(Schema):
     reason = fields.String(allow_none=True)
     created_at = fields.String()
     policy = fields.String()
+    idempotency_key = fields.String(
+        allow_none=True, metadata={"description": "the Idempotency-Key the request carried"})
     dry_run = fields.Boolean()
     allowed = fields.Boolean()
     violations = fields.List(fields.Nested(ViolationSchema))

@@ -233,3 +233,92 @@ def test_ci_run_derives_a_stable_key(stack: Stack, cli_policy, tmp_path: Path):
     assert len(set(ids)) == 5
     hist = as_json(tw(stack, "history", "--repository", repo, "--json"))
     assert [r["id"] for r in hist["items"]] == ids[::-1]
+
+
+def _prod(stack: Stack, repo: str) -> list[dict]:
+    return as_json(tw(stack, "history", "--repository", repo, "--env", "production",
+                      "--json"))["items"]
+
+
+def test_retried_ci_rollback_never_rolls_back_twice(stack: Stack, cli_policy, tmp_path: Path):
+    repo = "cli/retry"
+    good = push(stack, tmp_path, "cli-retry-1", f"{repo}:v1.0.0")
+    bad = push(stack, tmp_path, "cli-retry-2", f"{repo}:v1.1.0")
+    newer = push(stack, tmp_path, "cli-retry-3", f"{repo}:v1.2.0")
+    run_a = {"CI_PIPELINE_ID": "500", "CI_PROJECT_ID": "9", "CI_JOB_NAME": "deploy"}
+    run_b = {**run_a, "CI_PIPELINE_ID": "501"}
+    for ci, tag in ((run_a, "v1.0.0"), (run_b, "v1.1.0")):
+        ok(tw(stack, "promote", "--repository", repo, "--tag", tag, "--to", "develop", ci=ci))
+        ok(tw(stack, "promote", "--repository", repo, "--from", "develop", "--to", "staging",
+              ci=ci))
+        ok(tw(stack, "promote", "--repository", repo, "--from", "staging", "--to",
+              "production", ci=ci))
+    assert status_of(stack, repo)["production"] == bad.digest
+
+    rollback = ["rollback", "--repository", repo, "--env", "production", "--reason", "failed"]
+    first = tw(stack, *rollback, ci=run_b)
+    assert ok(first).splitlines()[0] == f"rolled back {repo} production to {good.digest}"
+    retried = tw(stack, *rollback, ci=run_b)
+    assert ok(retried).splitlines()[0] == (
+        f"replayed: rolled back {repo} production to {good.digest} (the first answer to this "
+        "Idempotency-Key; nothing changed now)")
+    replay_json = tw(stack, *rollback, "--json", ci=run_b)
+    assert json.loads(ok(replay_json))["digest"] == good.digest
+    assert replay_json.stderr.startswith("replayed: rolled back")
+    assert status_of(stack, repo)["production"] == good.digest
+    history = _prod(stack, repo)
+    assert [r["kind"] for r in history] == ["rollback", "promotion", "promotion"]
+    assert history[0]["previous_digest"] == bad.digest
+    assert history[0]["idempotency_key"].startswith("tagwarden-gitlab-")
+
+    # run A never touched production since: its rollback would undo B's rollback -> refused
+    stale = tw(stack, *rollback, ci=run_a)
+    assert stale.returncode == 1 and stale.stderr.startswith("error: conflict: ")
+    assert f"not the expected {good.digest}" not in stale.stderr
+    assert "hint: --expected-digest is derived from the CI run (CI_PIPELINE_ID=500)" in stale.stderr
+    # another run promoted after B's release: B's (new) rollback must not undo it
+    for env in ("develop", "staging"):
+        ok(tw(stack, "promote", "--repository", repo, "--digest", newer.digest, "--to", env))
+    ok(tw(stack, "promote", "--repository", repo, "--digest", newer.digest, "--to",
+          "production", "--expected-digest", good.digest))
+    same_step = tw(stack, *rollback[:-1], "other reason", ci=run_b)
+    assert same_step.returncode == 1
+    assert same_step.stderr.startswith("error: idempotency_mismatch: ")
+    other_step = tw(stack, *rollback, ci={**run_b, "CI_JOB_NAME": "rollback"})
+    assert other_step.returncode == 1 and other_step.stderr.startswith(
+        f"error: conflict: production of {repo} has moved since CI_PIPELINE_ID=501 promoted "
+        f"{bad.digest}")
+    assert status_of(stack, repo)["production"] == newer.digest
+    assert len(_prod(stack, repo)) == 4
+
+
+def test_rollback_to_a_promotion_id_and_explicit_expectation(stack: Stack, cli_policy,
+                                                             tmp_path: Path):
+    repo = "cli/rollto"
+    one = push(stack, tmp_path, "cli-rollto-1", f"{repo}:v1.0.0")
+    two = push(stack, tmp_path, "cli-rollto-2", f"{repo}:v2.0.0")
+    first = as_json(tw(stack, "promote", "--repository", repo, "--tag", "v1.0.0", "--to",
+                       "develop", "--json"))
+    ok(tw(stack, "promote", "--repository", repo, "--tag", "v2.0.0", "--to", "develop"))
+    wrong = tw(stack, "rollback", "--repository", repo, "--env", "develop", "--to", first["id"],
+               "--expected-digest", one.digest)
+    assert wrong.returncode == 1 and f"not the expected {one.digest}" in wrong.stderr
+    out = ok(tw(stack, "rollback", "--repository", repo, "--env", "develop", "--to",
+                first["id"], "--expected-digest", two.digest, "--idempotency-key", "K-rollto"))
+    assert out.splitlines()[0] == f"rolled back {repo} develop to {one.digest}"
+    assert f"rollback-to {first['id']}" in out
+    again = ok(tw(stack, "rollback", "--repository", repo, "--env", "develop", "--to",
+                  first["id"], "--expected-digest", two.digest, "--idempotency-key", "K-rollto"))
+    assert again.startswith("replayed: rolled back")
+    assert status_of(stack, repo)["develop"] == one.digest
+
+
+def test_promote_replay_says_replayed(stack: Stack, cli_policy, tmp_path: Path):
+    repo = "cli/replayed"
+    image = push(stack, tmp_path, "cli-replayed-1", f"{repo}:v1.0.0")
+    command = ["promote", "--repository", repo, "--tag", "v1.0.0", "--to", "develop"]
+    ci = {"GITHUB_RUN_ID": "77001", "GITHUB_REPOSITORY": "o/r"}
+    assert ok(tw(stack, *command, ci=ci)).startswith(f"promoted {repo} to develop: ")
+    assert ok(tw(stack, *command, ci=ci)).splitlines()[0] == (
+        f"replayed: promoted {repo} to develop: {image.digest} (the first answer to this "
+        "Idempotency-Key; nothing changed now)")
