@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -414,7 +416,7 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _api_options() -> argparse.ArgumentParser:
+def _api_options(timeout: float = 60.0) -> argparse.ArgumentParser:
     """--url, --token, --json, --timeout: shared by the CI subcommands."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("API options")
@@ -425,8 +427,8 @@ def _api_options() -> argparse.ArgumentParser:
                             "arguments are visible to other processes)")
     group.add_argument("--json", action="store_true",
                        help="print the JSON response (or error body) instead of text")
-    group.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS",
-                       help="HTTP timeout in seconds (default: 60)")
+    group.add_argument("--timeout", type=_positive(float), default=timeout, metavar="SECONDS",
+                       help=f"HTTP timeout in seconds (default: {timeout:g})")
     return parent
 
 
@@ -493,6 +495,19 @@ def add_ci_parsers(sub: Any) -> None:
     status.add_argument("--repository", required=True, metavar="REPO")
     status.add_argument("--at", metavar="RFC3339", help="as it was at this time")
 
+    scan = sub.add_parser(
+        "scan", parents=[api], help="scan a tag or digest (and wait for the verdict)",
+        description="Request a scan (POST /api/v1/scans); with --wait, poll it until it has "
+                    "succeeded or failed.",
+        epilog="exit status: 0 queued (or, with --wait, succeeded), 1 failed or any error")
+    scan.add_argument("--repository", required=True, metavar="REPO")
+    what = scan.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tag", help="scan the digest this tag points to")
+    what.add_argument("--digest", metavar="sha256:...", help="scan this digest")
+    scan.add_argument("--wait", action="store_true", help="wait until the scan has finished")
+    scan.add_argument("--wait-timeout", type=_positive(float), default=1800.0,
+                      metavar="SECONDS", help="give up waiting after this long (default: 1800)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand and its flags."""
@@ -521,8 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--out", default="openapi.yaml", help="file to write (- for stdout)")
     vulndb = sub.add_parser("vulndb", help="manage the offline vulnerability database")
     vulndb_sub = vulndb.add_subparsers(dest="vulndb_command", required=True)
-    vimport = vulndb_sub.add_parser("import", help="load an OSV export (JSON files, all.zip)")
-    vimport.add_argument("path", help="a directory of OSV JSON files and/or all.zip archives")
+    vimport = vulndb_sub.add_parser(
+        "import", parents=[_api_options(timeout=600.0)],
+        help="load an OSV export (JSON files, all.zip) through the API",
+        description="Upload an OSV export to POST /api/v1/vulndb/imports (admin token): a zip "
+                    "is sent as it is, a directory of .json files and/or all.zip archives is "
+                    "zipped first; with --server-path, PATH is read on the gateway's host.")
+    vimport.add_argument("path", help="an OSV zip, or a directory of OSV JSON files and/or "
+                                      "all.zip archives")
+    vimport.add_argument("--server-path", action="store_true",
+                         help="PATH is on the gateway's host (nothing is uploaded)")
     vimport.add_argument("--no-rescan", action="store_true",
                          help="do not queue rescans of the digests environments point to")
     add_ci_parsers(sub)
@@ -539,22 +562,101 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _osv_zip(path: str, out: Any) -> None:
+    """Write one zip holding every OSV .json file under `path` and every .json member of the
+    .zip archives there (what the gateway imports as one database)."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".zip"))
+    if not files:
+        raise FileNotFoundError(f"no .json or .zip OSV files under {root}")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for n, file in enumerate(files):
+            if file.suffix == ".json":
+                bundle.write(file, f"{n}/{file.name}")
+                continue
+            with zipfile.ZipFile(file) as archive:
+                for member in archive.infolist():
+                    if member.filename.endswith(".json") and not member.is_dir():
+                        with archive.open(member) as src, bundle.open(
+                                f"{n}/{member.filename}", "w") as dst:
+                            shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
 def cmd_vulndb(args: argparse.Namespace) -> int:
-    """Import an OSV export (a directory of JSON and/or all.zip files) into Redis."""
-    import json
+    """Import an OSV export through the API: a zip is uploaded, a directory zipped and
+    uploaded, or (--server-path) a path on the gateway's host is named."""
+    import tempfile
 
-    from service.config import Settings
-    from service.services import Services
-    from service.vulndb_admin import import_vulndb
-
-    svc = Services.build(Settings.from_env())
-    try:
-        report = import_vulndb(svc, args.path, rescan=not args.no_rescan)
-    except FileNotFoundError as exc:
-        print(f"tagwarden vulndb import: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2))
+    client = _client(args)
+    rescan = not args.no_rescan
+    if args.server_path:
+        report, failed = _call(args, lambda: client.import_vulndb(None, args.path, rescan))
+    else:
+        if not os.path.exists(args.path):
+            print(f"error: {args.path}: no such file or directory (use --server-path for a "
+                  "path on the gateway's host)", file=sys.stderr)
+            return 1
+        with tempfile.TemporaryFile() as bundle:
+            if os.path.isdir(args.path):
+                _osv_zip(args.path, bundle)
+                bundle.seek(0)
+                upload = bundle
+            else:
+                upload = open(args.path, "rb")  # closed below
+            try:
+                report, failed = _call(args, lambda: client.import_vulndb(upload, None, rescan))
+            finally:
+                upload.close()
+    if failed is not None:
+        return failed
+    if args.json:
+        _print_json(report)
+        return 0
+    ecosystems = ", ".join(f"{k} {v}" for k, v in (report.get("ecosystems") or {}).items())
+    print(f"vulnerability database v{report.get('version')} loaded: {report.get('records')} "
+          f"records ({ecosystems or 'none'}), {report.get('skipped')} skipped; "
+          f"{report.get('rescans') or 0} rescans queued")
+    for problem in (report.get("errors") or [])[:10]:
+        print(f"  skipped: {problem}")
     return 0
+
+
+SCAN_POLL_SECONDS = 1.0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """POST /api/v1/scans, then (--wait) poll the scan until it finished."""
+    import time
+
+    client = _client(args)
+    scan, failed = _call(args, lambda: client.scan(args.repository, args.tag or args.digest))
+    if failed is not None:
+        return failed
+    deadline = time.monotonic() + args.wait_timeout
+    while args.wait and scan.get("status") in ("queued", "running"):
+        if time.monotonic() > deadline:
+            print(f"error: scan {scan.get('id')} still {scan.get('status')} after "
+                  f"{args.wait_timeout:g}s", file=sys.stderr)
+            return 1
+        time.sleep(SCAN_POLL_SECONDS)
+        scan, failed = _call(args, functools.partial(client.get_scan, str(scan["id"])))
+        if failed is not None:
+            return failed
+    if args.json:
+        _print_json(scan)
+    status = scan.get("status")
+    line = f"scan {scan.get('id')} of {args.repository} {scan.get('digest')}: {status}"
+    if status == "succeeded":
+        summary = scan.get("summary") or {}
+        line += " (" + ", ".join(f"{k} {summary.get(k, 0)}" for k in
+                                 ("critical", "high", "medium", "low", "unknown")) + ")"
+    elif status == "failed":
+        line += f": {scan.get('error')}"
+    print(line, file=sys.stderr if args.json else sys.stdout)
+    return 1 if status == "failed" else 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -567,14 +669,28 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "history": cmd_history,
     "status": cmd_status,
     "vulndb": cmd_vulndb,
+    "scan": cmd_scan,
     "openapi": cmd_openapi,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run one subcommand."""
+    """Parse arguments and run one subcommand; a failure is one line on stderr, exit 1,
+    never a traceback."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback
+        print(f"tagwarden {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the failure (for Redis: which address could not be reached)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
 
 
 if __name__ == "__main__":

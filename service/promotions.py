@@ -145,6 +145,7 @@ def build_context(svc: Services, policy: Policy, repository: str, environment: s
                                 value if kind == "tag" else None),
         history_first_seen={env: _parse_time(at) for env, at in inputs.reached.items()},
         scan=scan_summary(svc, inputs),
+        newest_scan=svc.scans.newest(digest) if inputs.scan_id is None else None,
         now=datetime.now(UTC),
     )
 

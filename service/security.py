@@ -38,7 +38,9 @@ AUDITED = {
     "events.delete_subscription": "subscription.delete",
     "events.redeliver": "delivery.redeliver",
     "tag_bindings.release_binding": "tag_binding.release",
+    "scans.import_vulndb": "vulndb.import",
 }
+VULNDB_IMPORT_ENDPOINT = "scans.import_vulndb"
 
 
 class RateLimited(DomainError):
@@ -158,7 +160,9 @@ def install(app: Flask, svc: Services) -> None:
         path = request.path
         _set_actor(None)
         if path.startswith("/api/v1/"):
-            request.max_content_length = settings.api_max_bytes
+            request.max_content_length = (settings.vulndb_upload_max_bytes
+                                          if request.endpoint == VULNDB_IMPORT_ENDPOINT
+                                          else settings.api_max_bytes)
             if request.endpoint == WEBHOOK_ENDPOINT:
                 return
             if request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
