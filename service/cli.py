@@ -389,8 +389,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """GET /api/v1/environments."""
+    at = args.at
+    if at is not None:
+        at = _utc_time(at)
+        if at is None:
+            print(f"error: --at {args.at!r} is not a time: use RFC 3339, e.g. "
+                  "2026-11-24T03:12:00Z (a time without a zone is read as UTC)", file=sys.stderr)
+            return 1
     client = _client(args)
-    state, failed = _call(args, lambda: client.environments(args.repository, args.at))
+    state, failed = _call(args, lambda: client.environments(args.repository, at))
     if failed is not None:
         return failed
     if args.json:
@@ -401,6 +408,19 @@ def cmd_status(args: argparse.Namespace) -> int:
              ", ".join(e.get("tags") or []) or "-"] for e in state.get("environments") or []]
     print(_table(["ENV", "DIGEST", "PROMOTED_AT", "TAGS"], rows))
     return 0
+
+
+def _utc_time(text: str) -> str | None:
+    """An RFC 3339 time for the API; a time without a zone is read as UTC (None: no time)."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -493,7 +513,9 @@ def add_ci_parsers(sub: Any) -> None:
         description="Each environment's digest, promotion time and tags, now or at a time "
                     "(GET /api/v1/environments).")
     status.add_argument("--repository", required=True, metavar="REPO")
-    status.add_argument("--at", metavar="RFC3339", help="as it was at this time")
+    status.add_argument("--at", metavar="RFC3339",
+                        help="as it was at this time (e.g. 2026-11-24T03:12:00Z; without a "
+                             "zone: UTC)")
 
     scan = sub.add_parser(
         "scan", parents=[api], help="scan a tag or digest (and wait for the verdict)",

@@ -15,6 +15,7 @@ from service.promotions import (
     _record,
     build_context,
     client_key,
+    digest_tags,
     fingerprint,
     idempotent,
     move,
@@ -83,8 +84,27 @@ def _rollback(svc: Services, req: dict[str, Any], actor: str | None,
     return done
 
 
+def check_listing(svc: Services, repository: str | None, environment: str | None) -> None:
+    """NotFound for a repository that has neither promotions nor anything in the registry,
+    Unprocessable for an environment its policy does not have: an empty answer would say
+    "nothing happened there" about something that does not exist."""
+    if repository is None:
+        return
+    if not svc.promotions.known(repository) and not svc.registry.list_tags(repository):
+        raise NotFound(f"repository {repository!r} not found: it has no promotions and "
+                       "nothing in the registry")
+    policy = policy_for(svc, repository)
+    if environment is not None and environment not in policy.environments:
+        raise Unprocessable(
+            f"unknown environment {environment!r}: policy {policy.name!r} has "
+            f"{', '.join(policy.environments)}",
+            errors={"environment": [f"must be one of {', '.join(policy.environments)}"]})
+
+
 def environments(svc: Services, repository: str, at: datetime | None) -> dict[str, Any]:
-    """Each environment's digest now, or as it was at `at`."""
+    """Each environment's digest now, or as it was at `at`; a digest's tags are the same in
+    every environment that points to it (now: the registry's, at `at`: all recorded then)."""
+    check_listing(svc, repository, None)
     policy = policy_for(svc, repository)
     rows = []
     if at is None:
@@ -100,5 +120,22 @@ def environments(svc: Services, repository: str, at: datetime | None) -> dict[st
             r = svc.promotions.at(repository, env, at_ms) or {}
             rows.append({"name": env, "digest": r.get("digest"), "promotion_id": r.get("id"),
                          "promoted_at": r.get("created_at"), "tags": r.get("tags", [])})
+    _same_tags(svc, repository, policy.environments, rows, current=at is None)
     when = format_time(at if at is not None else datetime.now(UTC))
     return {"repository": repository, "at": when, "environments": rows}
+
+
+def _same_tags(svc: Services, repository: str, envs: tuple[str, ...],
+               rows: list[dict[str, Any]], current: bool) -> None:
+    """One tag list per digest: what the registry holds now, or (at a past time) every tag
+    the records of that digest carried, so two environments never disagree about a digest."""
+    by_digest: dict[str, set[str]] = {}
+    for row in rows:
+        if row["digest"]:
+            by_digest.setdefault(row["digest"], set()).update(row["tags"] or [])
+    for digest in by_digest if current else ():
+        inputs = svc.promotions.gate_inputs(repository, digest, [])
+        by_digest[digest] = set(digest_tags(svc, repository, digest, envs, inputs))
+    for row in rows:
+        if row["digest"]:
+            row["tags"] = sorted(by_digest[row["digest"]])

@@ -63,6 +63,7 @@ def replay_headers(replayed: bool) -> dict[str, str]:
 @blp.response(200, PromotionPageSchema)
 def list_promotions(args: dict[str, Any]) -> dict[str, Any]:
     """Promotion history, newest first, cursor-paginated."""
+    history.check_listing(svc(), args.get("repository"), args.get("environment"))
     items, cursor = svc().promotions.history(args.get("repository"), args.get("environment"),
                                              args["limit"], args.get("cursor"), listing_scope())
     return {"items": items, "next_cursor": cursor}

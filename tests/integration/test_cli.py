@@ -322,3 +322,54 @@ def test_promote_replay_says_replayed(stack: Stack, cli_policy, tmp_path: Path):
     assert ok(tw(stack, *command, ci=ci)).splitlines()[0] == (
         f"replayed: promoted {repo} to develop: {image.digest} (the first answer to this "
         "Idempotency-Key; nothing changed now)")
+
+
+def test_listings_of_nothing_are_errors_and_times_without_a_zone(stack: Stack, cli_policy,
+                                                                 tmp_path: Path):
+    repo = "cli/listing"
+    image = push(stack, tmp_path, "cli-listing-1", f"{repo}:v1.0.0")
+    ok(tw(stack, "promote", "--repository", repo, "--tag", "v1.0.0", "--to", "develop"))
+    upper = tw(stack, "status", "--repository", "Team/App")
+    assert upper.returncode == 1 and upper.stdout == ""
+    assert upper.stderr.startswith("error: invalid_request: ")
+    assert "  repository: not a registry repository name: lowercase" in upper.stderr
+    for command in (["status"], ["history"]):
+        missing = tw(stack, *command, "--repository", "cli/never-pushed")
+        assert missing.returncode == 1 and missing.stdout == ""
+        assert missing.stderr == ("error: not_found: repository 'cli/never-pushed' not found: "
+                                  "it has no promotions and nothing in the registry\n")
+    prod = tw(stack, "history", "--repository", repo, "--env", "prod")
+    assert prod.returncode == 1 and prod.stderr.startswith(
+        "error: invalid_request: unknown environment 'prod': policy 'cli' has develop, "
+        "staging, production")
+
+    naive = ok(tw(stack, "status", "--repository", repo, "--at", "2026-12-01 00:44:30"))
+    assert naive.splitlines()[0].startswith(f"{repo} at 2026-12-01T00:44:30")
+    nonsense = tw(stack, "status", "--repository", repo, "--at", "yesterday")
+    assert nonsense.returncode == 1 and "e.g. 2026-11-24T03:12:00Z" in nonsense.stderr
+    api = stack.admin().get(f"{stack.gw_url}/api/v1/environments", timeout=10,
+                            params={"repository": repo, "at": "2026-12-01 00:44:30"})
+    assert api.status_code == 422
+    assert api.json()["errors"] == {"at": [
+        "must be RFC 3339 with a time zone, e.g. 2026-11-24T03:12:00Z"]}
+
+    # a tag added after develop's promotion: both environments show the digest's tags alike
+    other = push(stack, tmp_path, "cli-listing-1", f"{repo}:v1.0.1")
+    assert other.digest == image.digest
+    ok(tw(stack, "promote", "--repository", repo, "--from", "develop", "--to", "staging"))
+    state = as_json(tw(stack, "status", "--repository", repo, "--json"))
+    tags = {e["name"]: e["tags"] for e in state["environments"]}
+    assert tags == {"develop": ["v1.0.0", "v1.0.1"], "staging": ["v1.0.0", "v1.0.1"],
+                    "production": []}
+
+
+def test_json_body_without_content_type_says_so(stack: Stack, cli_policy):
+    body = json.dumps({"repository": "cli/x", "environment": "develop", "tag": "v1"})
+    resp = stack.admin().post(f"{stack.gw_url}/api/v1/promotions", data=body, timeout=10)
+    assert resp.status_code == 415
+    assert resp.json() == {
+        "code": "unsupported_media_type",
+        "message": "the body was not read as JSON (it was sent with no Content-Type); send it "
+                   "with Content-Type: application/json",
+        "errors": {"body": ["the body was not read as JSON (it was sent with no Content-Type); "
+                            "send it with Content-Type: application/json"]}}

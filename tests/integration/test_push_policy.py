@@ -207,3 +207,17 @@ def test_recording_a_pushed_tag_releases_its_lock_in_the_same_call(stack: Stack)
     assert r.get(lock.name) == "someone-else"
     lock.release()  # nothing left to release: no error
     r.delete(lock.name)
+
+
+def test_invalid_tag_on_v2_says_why(stack: Stack):
+    for tag, why in (("a" * 300, "a tag is at most 128 characters; this one has 300"),
+                     ("-dash", "a tag cannot start with '.' or '-'"),
+                     ("semi;colon", "a tag holds only letters, digits, '_', '.' and '-'")):
+        resp = V2.put(f"{stack.gw_url}/v2/push/taglen/manifests/{tag}", data=b"{}",
+                      headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+                      timeout=10)
+        assert resp.status_code == 400
+        [error] = resp.json()["errors"]
+        shown = tag if len(tag) <= 40 else tag[:40] + "..."
+        assert (error["code"], error["message"]) == ("TAG_INVALID",
+                                                     f"invalid tag {shown!r}: {why}")
