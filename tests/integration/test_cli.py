@@ -373,3 +373,17 @@ def test_json_body_without_content_type_says_so(stack: Stack, cli_policy):
                    "with Content-Type: application/json",
         "errors": {"body": ["the body was not read as JSON (it was sent with no Content-Type); "
                             "send it with Content-Type: application/json"]}}
+
+
+def test_no_command_prints_a_traceback(stack: Stack, tmp_path: Path):
+    unwritable = tw(stack, "openapi", "--out", str(tmp_path / "missing" / "openapi.yaml"))
+    assert unwritable.returncode == 1 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith("tagwarden openapi: error: FileNotFoundError: ")
+    assert len(unwritable.stderr.splitlines()) == 1
+    osv = tmp_path / "osv.zip"
+    osv.write_bytes(b"not a zip")
+    down = tw(stack, "vulndb", "import", str(osv), "--url", "http://127.0.0.1:9")
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert down.stderr.startswith("error: could not reach Tagwarden at http://127.0.0.1:9")
+    no_token = tw(stack, "vulndb", "import", str(osv), ci={"TAGWARDEN_TOKEN": ""})
+    assert no_token.returncode == 1 and no_token.stderr.startswith("error: unauthorized: ")
