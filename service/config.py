@@ -104,6 +104,10 @@ class Settings:
     api_max_bytes: int = 2 * 1024 * 1024
     # bytes of manifests one gateway process reads and parses at once (issue 14)
     manifest_memory: int = 64 * 1024 * 1024
+    # an OSV export uploaded to POST /api/v1/vulndb/imports (the only larger /api/v1 body)
+    vulndb_upload_max_bytes: int = 512 * 1024 * 1024
+    # the directory under which POST /api/v1/vulndb/imports may name server-side paths
+    vulndb_import_root: str = ""
     anonymous_pull: bool = False
     rate_limit: str = "1200/minute"
     # failed authentications one client address may make before it is refused for the window
@@ -175,6 +179,12 @@ class Settings:
             values["delivery_timeout"] = _int("TAGWARDEN_DELIVERY_TIMEOUT", v, 1, 120)
         if (v := get("TAGWARDEN_SCAN_TIMEOUT")) is not None:
             values["scan_timeout"] = _int("TAGWARDEN_SCAN_TIMEOUT", v, 10, 24 * 3600)
+        if (v := get("TAGWARDEN_VULNDB_IMPORT_ROOT")) is not None and v:
+            values["vulndb_import_root"] = _path("TAGWARDEN_VULNDB_IMPORT_ROOT", v,
+                                                 must_exist=True)
+        if (v := get("TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES")) is not None:
+            values["vulndb_upload_max_bytes"] = _int("TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES", v,
+                                                     1024, 64 * 1024**3)
         if (v := get("TAGWARDEN_SCAN_MAX_BYTES")) is not None:
             values["scan_max_bytes"] = _int("TAGWARDEN_SCAN_MAX_BYTES", v, 1024, 1024**4)
         if (v := get("TAGWARDEN_SCANNER_URL")) is not None and v:

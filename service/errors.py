@@ -120,6 +120,12 @@ def handle_http(exc: HTTPException) -> Response:
         return registry_error(status, REGISTRY_CODES.get(status, "UNKNOWN"), message)
     data = getattr(exc, "data", None) or {}
     errors = None
+    if "json" in (data.get("messages") or {}) and not request.is_json and request.get_data(
+            cache=True):
+        sent = request.mimetype or "no Content-Type"
+        message = (f"the body was not read as JSON (it was sent with {sent}); send it with "
+                   "Content-Type: application/json")
+        return api_error(415, "unsupported_media_type", message, errors={"body": [message]})
     if "messages" in data:
         messages = data["messages"]
         # webargs nests by location ("json", "query"); the field path is what users need.

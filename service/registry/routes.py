@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from service.domain.errors import InvalidRequest
-from service.domain.tags import valid_repository, valid_tag
+from service.domain.tags import tag_problem, valid_repository, valid_tag
 
 DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_=-]{1,128}$")
@@ -81,7 +81,9 @@ def _check_ref(kind: str, ref: str) -> None:
     if kind == "manifest" and ":" in ref and not DIGEST_RE.match(ref):
         raise BadRoute(400, "DIGEST_INVALID", "invalid digest", {"reference": ref})
     if kind == "manifest" and ":" not in ref and not valid_tag(ref):
-        raise BadRoute(400, "TAG_INVALID", "manifest tag did not match URI", {"tag": ref})
+        shown = ref if len(ref) <= 40 else f"{ref[:40]}..."
+        raise BadRoute(400, "TAG_INVALID", f"invalid tag {shown!r}: {tag_problem(ref)}",
+                       {"tag": ref})
 
 
 def parse(path: str) -> V2Route:

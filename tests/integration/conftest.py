@@ -46,6 +46,11 @@ class Stack:
     def reg_url(self) -> str:
         return f"http://{self.reg}"
 
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """The stack's environment plus what the `tagwarden` CLI reads to reach its API."""
+        return {**self.env, "TAGWARDEN_URL": self.gw_url, "TAGWARDEN_TOKEN": procs.ADMIN_TOKEN}
+
     def redis_client(self) -> redis.Redis:
         return redis.Redis(port=self.redis.port, decode_responses=True)
 
