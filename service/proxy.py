@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import catalog, clientaddr, governance, metrics
+from service import catalog, clientaddr, governance, metrics, uploads
 from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
 from service.registry import routes
@@ -172,11 +172,14 @@ def relay(upstream: Any, origin: str, head: bool = False) -> Response:
                          headers)
 
 
-def upstream_target(route: V2Route) -> str:
+def upstream_target(route: V2Route, state: str | None = None) -> str:
     """The upstream path and query, rebuilt from what was parsed and authorized: the
     canonical path, and only the query parameters the registry reads for that route (their
-    first values, as authorization read them). A mount needs both `mount` and `from`."""
+    first values, as authorization read them). A mount needs both `mount` and `from`;
+    `state` replaces an upload's `_state` with the latest one the registry issued."""
     args = {k: request.args.get(k) for k in QUERY_PARAMS.get(route.kind, ())}
+    if state is not None:
+        args["_state"] = state
     if not (args.get("mount") and args.get("from")):
         args.pop("mount", None)
         args.pop("from", None)
@@ -184,8 +187,23 @@ def upstream_target(route: V2Route) -> str:
     return "/v2/" + route.path + (f"?{query}" if query else "")
 
 
-def forward(route: V2Route) -> Response:
-    """Pass the request through to the registry as authorized, streaming both ways."""
+class CountingReader:
+    """A request body passed upstream, counting the bytes it gave."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Read from the client, counting."""
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
+
+
+def send(route: V2Route, state: str | None = None) -> tuple[Any, str, CountingReader | None]:
+    """Send the request to the registry as authorized, the body streamed: (the upstream
+    answer, the public origin, the counted body or None)."""
     origin = public_origin()
     headers = upstream_headers(origin)
     body, chunked, length = _request_body()
@@ -193,14 +211,53 @@ def forward(route: V2Route) -> Response:
         headers["Content-Length"] = str(length)
     if body is not None:  # never a form: distribution would read parameters out of it
         headers["Content-Type"] = "application/octet-stream"
+        body = CountingReader(body)
     upstream = _client().request(
-        request.method, upstream_target(route), headers=headers, body=body, chunked=chunked
+        request.method, upstream_target(route, state), headers=headers, body=body,
+        chunked=chunked
     )
     if route.kind == "upload" and "mount" in request.args:
         governance.record_mount(_services(), route.name, request.args.get("from"),
                                 request.args.get("mount"), upstream.status, _actor(),
                                 g.get("actor_id"))
+    return upstream, origin, body
+
+
+def forward(route: V2Route) -> Response:
+    """Pass the request through to the registry as authorized, streaming both ways."""
+    upstream, origin, _ = send(route)
     return relay(upstream, origin, head=request.method == "HEAD")
+
+
+def upload(route: V2Route) -> Response:
+    """A blob upload request: the session's offset and latest `_state` tracked, a chunk out
+    of order refused with 416 before the registry sees it (service.uploads)."""
+    svc, method, name = _services(), request.method, route.name
+    uuid = route.ref if route.kind == "upload_session" else None
+    session = uploads.session_of(svc, name, uuid) if uuid else None
+    if method == "PATCH" and uuid:
+        checked = uploads.check_chunk(svc, name, uuid, request.headers.get("Content-Range"),
+                                      request.content_length)
+        if isinstance(checked, uploads.Refusal):
+            return upload_refusal(name, uuid, checked)
+    # the latest state: a status request or an in-order chunk never replays a stale one
+    state = session["state"] if session and method in ("GET", "HEAD", "PATCH") else None
+    upstream, origin, body = send(route, state)
+    uploads.record_answer(svc, name, method, upstream.status, upstream.headers,
+                          session["offset"] if session else 0, body.count if body else 0, uuid)
+    return relay(upstream, origin, head=method == "HEAD")
+
+
+def upload_refusal(name: str, uuid: str, refusal: uploads.Refusal) -> Response:
+    """The gateway's own answer to a refused chunk: the error, and where the session stands."""
+    resp = registry_error(refusal.status, refusal.code, refusal.message,
+                          {"upload": uuid})
+    if refusal.session:
+        state = urlencode({"_state": refusal.session["state"]})
+        resp.headers["Location"] = f"{public_origin()}/v2/{name}/blobs/uploads/{uuid}?{state}"
+        resp.headers["Range"] = uploads.range_of(refusal.session["offset"])
+        resp.headers["Docker-Upload-UUID"] = uuid
+    return resp
 
 
 def accel_blob(route: V2Route) -> Response:
@@ -393,7 +450,8 @@ def delete_blob(route: V2Route) -> Response:
 @bp.route("/v2/<path:path>", methods=METHODS)
 def v2(path: str) -> Response:
     """The Docker Registry HTTP API v2, proxied with policy enforcement."""
-    route = g.get("v2_route") or routes.parse(path)  # refuses `..`, bad names and refs
+    # refuses `..`, bad names and refs
+    route = g.get("v2_route") or routes.parse(path, request.method)
     if request.method == "GET" and route.kind == "tags":
         return tags_list(route.name)
     if request.method in ("GET", "HEAD") and route.kind == "catalog":
@@ -407,4 +465,6 @@ def v2(path: str) -> Response:
         return delete_manifest(route)
     if request.method == "DELETE" and route.kind == "blob":
         return delete_blob(route)
+    if route.kind == "upload_session" or (route.kind == "upload" and request.method == "POST"):
+        return upload(route)
     return forward(route)

@@ -22,6 +22,7 @@ from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
 from service.store.tokens import TokenStore
+from service.store.uploads import UploadSessions
 from service.store.vulndb import VulnDB
 
 
@@ -47,6 +48,7 @@ class Services:
     audit: AuditStore
     scans: ScanStore
     vulndb: VulnDB
+    uploads: UploadSessions
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -76,4 +78,5 @@ class Services:
             audit=AuditStore(client),
             scans=ScanStore(client),
             vulndb=VulnDB(client),
+            uploads=UploadSessions(client),
         )
