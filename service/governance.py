@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from service import notify
+from service import notify, referrers
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest, NotFound, PolicyDenied
 from service.domain.manifests import references
@@ -226,8 +226,9 @@ def after_manifest_put(svc: Services, repository: str, tag: str | None, digest: 
 
 
 def after_manifest_delete(svc: Services, repository: str, digest: str) -> None:
-    """Forget the tags removed with a digest; immutable bindings stay (the tag may never
-    name other content)."""
+    """Forget the tags removed with a digest, and its place in the referrers index;
+    immutable bindings stay (the tag may never name other content)."""
+    referrers.forget(svc, repository, digest)
     for tag, known in svc.tags.all(repository).items():
         if known == digest:
             svc.tags.forget(repository, tag)

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import catalog, clientaddr, governance, metrics, uploads
+from service import catalog, clientaddr, governance, metrics, referrers, uploads
 from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
 from service.registry import routes
@@ -315,6 +315,19 @@ def tags_list(name: str) -> Response:
     return resp
 
 
+def referrers_list(route: V2Route) -> Response:
+    """The OCI 1.1 referrers API, answered from the gateway's index (distribution 2.8 has
+    none): an image index of the manifests whose `subject` is the digest, maybe empty."""
+    artifact_type = request.args.get("artifactType") or None
+    index = referrers.listing(_services(), route.name, route.ref, artifact_type)
+    resp = Response(b"" if request.method == "HEAD" else json.dumps(index), status=200,
+                    content_type="application/vnd.oci.image.index.v1+json")
+    resp.headers[API_VERSION[0]] = API_VERSION[1]
+    if artifact_type:
+        resp.headers["OCI-Filters-Applied"] = "artifactType"
+    return resp
+
+
 def relay_buffered(upstream: Any, origin: str | None = None) -> Response:
     """Relay a small, already-read upstream response."""
     return _with_headers(Response(upstream.data, status=upstream.status),
@@ -414,6 +427,8 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
     if upstream.status == 201:
         svc = _services()
         governance.after_manifest_put(svc, name, tag, digest, lock)
+        if subject := referrers.index_pushed(svc, name, digest, body, media_type):
+            resp.headers["OCI-Subject"] = subject
         if tag:  # queued once the answer is on its way: the client does not wait for it
             resp.call_on_close(lambda: governance.scan_after_push(svc, name, digest))
     return resp
@@ -454,6 +469,8 @@ def v2(path: str) -> Response:
     route = g.get("v2_route") or routes.parse(path, request.method)
     if request.method == "GET" and route.kind == "tags":
         return tags_list(route.name)
+    if request.method in ("GET", "HEAD") and route.kind == "referrers":
+        return referrers_list(route)
     if request.method in ("GET", "HEAD") and route.kind == "catalog":
         return catalog.answer(_client(), g.principal.listing_filter() if g.principal else None)
     if (request.method == "GET" and route.kind == "blob" and _services().settings.blob_accel_path

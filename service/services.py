@@ -18,6 +18,7 @@ from service.store.inbox import Inbox
 from service.store.manifests import ManifestRefs
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.referrers import ReferrerIndex
 from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
@@ -49,6 +50,7 @@ class Services:
     scans: ScanStore
     vulndb: VulnDB
     uploads: UploadSessions
+    referrers: ReferrerIndex
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -79,4 +81,5 @@ class Services:
             scans=ScanStore(client),
             vulndb=VulnDB(client),
             uploads=UploadSessions(client),
+            referrers=ReferrerIndex(client),
         )
