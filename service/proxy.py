@@ -436,13 +436,19 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
 
 def delete_manifest(route: V2Route) -> Response:
     """Govern a manifest DELETE: what an environment, an immutable tag or a protected index
-    needs stays."""
+    needs stays; a DELETE by tag removes that tag only."""
     svc, name, ref = _services(), route.name, route.ref
     decision = governance.check_delete(svc, name, ref)
     metrics.decision("delete", decision)
     if not decision.allowed:
         governance.deny(svc, "delete", decision, _actor(), g.get("actor_id"), repository=name,
                         reference=ref)
+    if ":" not in ref:  # a tag: drop it alone (the registry deletes by digest only)
+        if governance.untag(svc, name, ref) is None:
+            return registry_error(404, "MANIFEST_UNKNOWN", "manifest unknown", {"tag": ref})
+        resp = Response(status=202)
+        resp.headers[API_VERSION[0]] = API_VERSION[1]
+        return resp
     response = forward(route)
     if response.status_code == 202 and DIGEST_RE.match(ref):
         governance.after_manifest_delete(svc, name, ref)
