@@ -172,14 +172,18 @@ def relay(upstream: Any, origin: str, head: bool = False) -> Response:
                          headers)
 
 
-def upstream_target(route: V2Route, state: str | None = None) -> str:
+def upstream_target(route: V2Route, state: str | None = None,
+                    mount_from: str | None = None) -> str:
     """The upstream path and query, rebuilt from what was parsed and authorized: the
     canonical path, and only the query parameters the registry reads for that route (their
     first values, as authorization read them). A mount needs both `mount` and `from`;
-    `state` replaces an upload's `_state` with the latest one the registry issued."""
+    `state` replaces an upload's `_state` with the latest one the registry issued;
+    `mount_from` is the source the gateway found (and authorized) for a mount without one."""
     args = {k: request.args.get(k) for k in QUERY_PARAMS.get(route.kind, ())}
     if state is not None:
         args["_state"] = state
+    if mount_from is not None:
+        args["from"] = mount_from
     if not (args.get("mount") and args.get("from")):
         args.pop("mount", None)
         args.pop("from", None)
@@ -201,7 +205,8 @@ class CountingReader:
         return data
 
 
-def send(route: V2Route, state: str | None = None) -> tuple[Any, str, CountingReader | None]:
+def send(route: V2Route, state: str | None = None, mount_from: str | None = None
+         ) -> tuple[Any, str, CountingReader | None]:
     """Send the request to the registry as authorized, the body streamed: (the upstream
     answer, the public origin, the counted body or None)."""
     origin = public_origin()
@@ -213,11 +218,11 @@ def send(route: V2Route, state: str | None = None) -> tuple[Any, str, CountingRe
         headers["Content-Type"] = "application/octet-stream"
         body = CountingReader(body)
     upstream = _client().request(
-        request.method, upstream_target(route, state), headers=headers, body=body,
+        request.method, upstream_target(route, state, mount_from), headers=headers, body=body,
         chunked=chunked
     )
     if route.kind == "upload" and "mount" in request.args:
-        governance.record_mount(_services(), route.name, request.args.get("from"),
+        governance.record_mount(_services(), route.name, mount_from or request.args.get("from"),
                                 request.args.get("mount"), upstream.status, _actor(),
                                 g.get("actor_id"))
     return upstream, origin, body
@@ -242,7 +247,11 @@ def upload(route: V2Route) -> Response:
             return upload_refusal(name, uuid, checked)
     # the latest state: a status request or an in-order chunk never replays a stale one
     state = session["state"] if session and method in ("GET", "HEAD", "PATCH") else None
-    upstream, origin, body = send(route, state)
+    mount_from = None
+    if route.kind == "upload" and request.args.get("mount") and not request.args.get("from"):
+        mount_from = uploads.mount_source(svc, name, request.args["mount"],
+                                          g.get("principal"))
+    upstream, origin, body = send(route, state, mount_from)
     uploads.record_answer(svc, name, method, upstream.status, upstream.headers,
                           session["offset"] if session else 0, body.count if body else 0, uuid)
     return relay(upstream, origin, head=method == "HEAD")

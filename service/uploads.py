@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from service.registry.routes import UPLOAD_ID_RE
+from service import catalog
+from service.registry.routes import DIGEST_RE, UPLOAD_ID_RE
 from service.services import Services
 
 CONTENT_RANGE_RE = re.compile(
     r"^(?:bytes[ =])?([0-9]{1,18})-([0-9]{1,18})(?:/(?:[0-9]{1,18}|\*))?$")
+# A mount without `from` (OCI "automatic content discovery"): at most this many repositories
+# the caller may read are asked whether they hold the blob.
+MOUNT_CANDIDATES = 100
 LOCATION_RE = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<uuid>[^/?]+)$")
 
 
@@ -113,3 +117,17 @@ def record_answer(svc: Services, repository: str, method: str, status: int,
     _, new_uuid, state = found
     svc.uploads.put(new_uuid, repository, offset_after(headers.get("Range"), before, sent),
                     state)
+
+
+def mount_source(svc: Services, repository: str, digest: str, principal: Any) -> str | None:
+    """For a mount that names no source: a repository the caller may read that holds the
+    blob (catalog order, MOUNT_CANDIDATES at most), else None (an ordinary upload)."""
+    if not svc.settings.automatic_mount or principal is None or not DIGEST_RE.match(digest):
+        return None
+    candidates = catalog.scan(svc.registry, "", MOUNT_CANDIDATES,
+                              lambda r: r != repository and principal.covers(r))
+    for candidate in candidates:
+        found = svc.registry.request("HEAD", f"/v2/{candidate}/blobs/{digest}", stream=False)
+        if found.status == 200:
+            return candidate
+    return None

@@ -148,6 +148,23 @@ def test_another_teams_upload_session_is_none_of_yours(stack: Stack, world: dict
     assert finish(admin, rest.headers["Location"], sha(blob)).status_code == 201
 
 
+def test_a_mount_without_from_finds_a_source_the_caller_may_read(stack: Stack, world: dict):
+    admin, ci = world["admin"], world["ci"]
+    own = ci.blob("oci/mount-src", b"a layer of oci/mount-src " + uuid.uuid4().bytes)
+    secret = admin.blob("oci-secret/mount-src", b"a secret layer " + uuid.uuid4().bytes)
+    mounted = ci.call("POST", f"/v2/oci/mount-dst/blobs/uploads/?mount={own}")
+    assert mounted.status_code == 201, mounted.text
+    assert registry(stack, "HEAD", f"/v2/oci/mount-dst/blobs/{own}").status_code == 200
+    audit = stack.admin().get(f"{stack.gw_url}/api/v1/audit", timeout=10, params={
+        "action": "blob.mount", "repository": "oci/mount-dst"}).json()["items"]
+    assert [(a["target"]["from"], a["outcome"]) for a in audit] == [("oci/mount-src",
+                                                                     "success")]
+    # a blob only another team's repository holds: an ordinary upload session
+    refused = ci.call("POST", f"/v2/oci/mount-dst/blobs/uploads/?mount={secret}")
+    assert refused.status_code == 202
+    assert registry(stack, "HEAD", f"/v2/oci/mount-dst/blobs/{secret}").status_code == 404
+
+
 # -- 3. referrers ------------------------------------------------------------------------------
 def referrer(client: Client, repo: str, subject: str, *, artifact_type: str | None = None,
              config_type: str | None = None, note: str = "", ref: str | None = None
