@@ -109,6 +109,9 @@ class Settings:
     # the directory under which POST /api/v1/vulndb/imports may name server-side paths
     vulndb_import_root: str = ""
     anonymous_pull: bool = False
+    # a blob mount without `from` looks for a source the caller may read (OCI's automatic
+    # content discovery); off, it is an ordinary upload session, as in distribution 2.8
+    automatic_mount: bool = False
     rate_limit: str = "1200/minute"
     # failed authentications one client address may make before it is refused for the window
     auth_failure_limit: str = "30/minute"
@@ -215,6 +218,8 @@ class Settings:
             values["blob_accel_path"] = v
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
+        if (v := get("TAGWARDEN_AUTOMATIC_MOUNT")) is not None:
+            values["automatic_mount"] = _bool("TAGWARDEN_AUTOMATIC_MOUNT", v)
         if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:
             values["open_docs"] = _bool("TAGWARDEN_OPEN_DOCS", v)
         if (v := get("TAGWARDEN_OPEN_METRICS")) is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import LockError
 
-from service import metrics, notify
+from service import metrics, notify, referrers
 from service.domain.durations import format_time
 from service.domain.errors import (
     Conflict,
@@ -146,6 +146,8 @@ def build_context(svc: Services, policy: Policy, repository: str, environment: s
         history_first_seen={env: _parse_time(at) for env, at in inputs.reached.items()},
         scan=scan_summary(svc, inputs),
         newest_scan=svc.scans.newest(digest) if inputs.scan_id is None else None,
+        referrer_types=frozenset(referrers.artifact_types(svc, repository, digest))
+        if policy.gate(environment).referrers else frozenset(),
         now=datetime.now(UTC),
     )
 

@@ -210,7 +210,8 @@ def install(app: Flask, svc: Services) -> None:
         elif path == "/v2" or path.startswith("/v2/"):
             principal = authenticated(lambda header: _v2_principal(svc, header))
             _set_actor(principal)
-            route = routes.parse(path[len("/v2/"):] if path.startswith("/v2/") else "")
+            route = routes.parse(path[len("/v2/"):] if path.startswith("/v2/") else "",
+                                 request.method)
             g.v2_route = route
             needs = auth.registry_access(request.method, route, request.args.to_dict())
             try:

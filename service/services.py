@@ -19,10 +19,12 @@ from service.store.inbox import Inbox
 from service.store.manifests import ManifestRefs
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.referrers import ReferrerIndex
 from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
 from service.store.tokens import TokenStore
+from service.store.uploads import UploadSessions
 from service.store.vulndb import VulnDB
 
 
@@ -49,6 +51,8 @@ class Services:
     scans: ScanStore
     vulndb: VulnDB
     manifest_budget: MemoryBudget
+    uploads: UploadSessions
+    referrers: ReferrerIndex
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -79,4 +83,6 @@ class Services:
             scans=ScanStore(client),
             vulndb=VulnDB(client),
             manifest_budget=MemoryBudget(settings.manifest_memory),
+            uploads=UploadSessions(client),
+            referrers=ReferrerIndex(client),
         )

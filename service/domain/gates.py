@@ -1,4 +1,5 @@
-"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak and freeze."""
+"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak, freeze and
+attached artifacts (referrers)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from service.domain.policy_model import (
     Gate,
     IgnoreEntry,
     Policy,
+    ReferrerRequirement,
     ScanGate,
     Violation,
 )
@@ -42,6 +44,7 @@ class PromotionContext:
     scan: Mapping[str, Any] | None = None
     # the newest scan of the digest whatever its state (what the scan gate's message names)
     newest_scan: Mapping[str, Any] | None = None
+    referrer_types: frozenset[str] = frozenset()  # artifact types attached to the digest
     now: datetime
 
 
@@ -63,6 +66,7 @@ def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
         *_check_scan(gate.scan, ctx),
         *_check_soak(gate, ctx),
         *_check_freeze(gate.freeze, ctx),
+        *_check_referrers(gate.referrers, ctx),
     ]
     return Decision.of(policy, [Violation(rule, message, policy.name) for rule, message in found])
 
@@ -224,4 +228,17 @@ def _check_freeze(windows: Sequence[FreezeWindow], ctx: PromotionContext) -> _Fo
     yield (
         "promotion.freeze",
         f"'{ctx.environment}' is frozen until {format_time(end)}; retry after that",
+    )
+
+
+def _check_referrers(required: Sequence[ReferrerRequirement], ctx: PromotionContext) -> _Found:
+    missing = [r.artifact_type for r in required if r.artifact_type not in ctx.referrer_types]
+    if not missing:
+        return
+    attached = ", ".join(sorted(ctx.referrer_types)) or "none"
+    yield (
+        "promotion.referrers",
+        f"'{ctx.environment}' needs an artifact of type {', '.join(missing)} attached to "
+        f"{ctx.digest} (a manifest whose subject is the digest); attached: {attached}. Push "
+        "it with its subject set, e.g. `oras attach`, then retry",
     )
