@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     vimport.add_argument("--no-rescan", action="store_true",
                          help="do not queue rescans of the digests environments point to")
     add_ci_parsers(sub)
+    from service.cli_evidence import add_evidence_parsers
+
+    add_evidence_parsers(sub, _api_options())
     return parser
 
 
@@ -496,7 +499,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one subcommand."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    handler = getattr(args, "handler", None)  # subcommands of other modules bring their own
+    return handler(args) if handler is not None else COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from rq import Queue
 from service import store
 from service.config import Settings
 from service.registry.client import RegistryClient
+from service.store.approvals import ApprovalStore
 from service.store.audit import AuditStore
 from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
@@ -22,6 +23,7 @@ from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
 from service.store.tokens import TokenStore
+from service.store.verifications import VerificationStore
 from service.store.vulndb import VulnDB
 
 
@@ -47,6 +49,8 @@ class Services:
     audit: AuditStore
     scans: ScanStore
     vulndb: VulnDB
+    approvals: ApprovalStore
+    verifications: VerificationStore
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -76,4 +80,6 @@ class Services:
             audit=AuditStore(client),
             scans=ScanStore(client),
             vulndb=VulnDB(client),
+            approvals=ApprovalStore(client),
+            verifications=VerificationStore(client),
         )

@@ -1,4 +1,5 @@
-"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak and freeze."""
+"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak, freeze, approvals
+and verification evidence."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from service.domain.approvals import (
+    Tally,
+    approvals_message,
+    tally,
+    verification_gaps,
+    verified_message,
+)
 from service.domain.durations import format_duration, format_time
 from service.domain.policy_model import (
     SEVERITIES,
+    ApprovalGate,
     Decision,
     FreezeWindow,
     Gate,
     IgnoreEntry,
     Policy,
     ScanGate,
+    VerifiedGate,
     Violation,
 )
 from service.domain.tags import LATEST, matches_any
@@ -41,6 +51,10 @@ class PromotionContext:
     history_first_seen: Mapping[str, datetime] = field(default_factory=dict)
     scan: Mapping[str, Any] | None = None
     now: datetime
+    # the approvals and verifications gates (service/domain/approvals.py)
+    requester: str | None = None
+    approvals: Sequence[Mapping[str, Any]] = ()
+    verifications: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
@@ -61,6 +75,8 @@ def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
         *_check_scan(gate.scan, ctx),
         *_check_soak(gate, ctx),
         *_check_freeze(gate.freeze, ctx),
+        *_check_approvals(gate.approvals, ctx),
+        *_check_verified(gate.verified, ctx),
     ]
     return Decision.of(policy, [Violation(rule, message, policy.name) for rule, message in found])
 
@@ -69,9 +85,10 @@ _Found = Iterable[tuple[str, str]]
 
 
 def evaluate_rollback(policy: Policy, ctx: PromotionContext) -> Decision:
-    """Decide a rollback: the promotion gates without soak and scan (the emergency exit)."""
+    """Decide a rollback: the promotion gates without soak, scan, approvals and verifications
+    (the emergency exit goes back to a digest that already ran there)."""
     gate = policy.gate(ctx.environment)
-    relaxed = replace(gate, scan=None, soak_seconds=0)
+    relaxed = replace(gate, scan=None, soak_seconds=0, approvals=None, verified=None)
     return evaluate_promotion(replace(policy, promotion={**policy.promotion,
                                                          ctx.environment: relaxed}), ctx)
 
@@ -200,3 +217,32 @@ def _check_freeze(windows: Sequence[FreezeWindow], ctx: PromotionContext) -> _Fo
         "promotion.freeze",
         f"'{ctx.environment}' is frozen until {format_time(end)}; retry after that",
     )
+
+
+def approval_tally(gate: Gate, ctx: PromotionContext) -> Tally | None:
+    """The approvals the gate counts for this promotion (None: the gate asks for none)."""
+    if gate.approvals is None:
+        return None
+    return tally(gate.approvals, ctx.approvals, environment=ctx.environment, digest=ctx.digest,
+                 requester=ctx.requester, now=ctx.now)
+
+
+def _check_approvals(approvals: ApprovalGate | None, ctx: PromotionContext) -> _Found:
+    if approvals is None:
+        return
+    found = tally(approvals, ctx.approvals, environment=ctx.environment, digest=ctx.digest,
+                  requester=ctx.requester, now=ctx.now)
+    if found.missing:
+        yield ("promotion.approvals", approvals_message(
+            approvals, repository=ctx.repository, environment=ctx.environment,
+            digest=ctx.digest, found=found, requester=ctx.requester))
+
+
+def _check_verified(verified: VerifiedGate | None, ctx: PromotionContext) -> _Found:
+    if verified is None:
+        return
+    gaps = verification_gaps(verified, ctx.verifications)
+    if gaps:
+        yield ("promotion.verified", verified_message(
+            verified, repository=ctx.repository, environment=ctx.environment,
+            digest=ctx.digest, gaps=gaps))

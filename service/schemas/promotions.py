@@ -55,6 +55,8 @@ class PromotionSchema(Schema):
     reason = fields.String(allow_none=True)
     created_at = fields.String()
     policy = fields.String()
+    approvals = fields.List(fields.String(), metadata={
+        "description": "ids of the approvals the `approvals` gate counted (empty without one)"})
     dry_run = fields.Boolean()
     allowed = fields.Boolean()
     violations = fields.List(fields.Nested(ViolationSchema))
