@@ -9,6 +9,7 @@ it out of the set the promotion gate reads; expiry is decided by the gate from `
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -19,6 +20,10 @@ from service.store.pagination import Visible, both, page
 STREAM_MAXLEN = 1_000_000
 # the valid set is kept this long after its newest approval expires (then Redis drops it)
 GRACE = 3600
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _valid_key(repository: str, environment: str, digest: str) -> str:
@@ -41,9 +46,19 @@ class ApprovalStore:
         pipe.hset(valid, approval["id"], data)
         pipe.expire(valid, valid_for + GRACE, nx=True)  # a new set has no TTL yet
         pipe.expire(valid, valid_for + GRACE, gt=True)  # never shorten a longer-lived one
+        # GT adds a new digest and only ever moves an existing one's expiry later
+        pipe.zadd(key("approvals", "pending", approval["repository"]),
+                  {approval["digest"]: _ms(approval["expires_at"])}, gt=True)
         for stream in (key("approvals", "all"), key("approvals", "repo", approval["repository"])):
             pipe.xadd(stream, {"d": ref}, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.execute()
+
+    def pending_digests(self, repository: str, now_ms: int) -> set[str]:
+        """Digests of a repository with an approval not yet expired (withdrawn ones included:
+        retention keeps them until the expiry, erring on the side of keeping)."""
+        pending = key("approvals", "pending", repository)
+        self.r.zremrangebyscore(pending, "-inf", now_ms)
+        return set(self.r.zrangebyscore(pending, now_ms, "+inf"))
 
     def get(self, approval_id: str) -> dict[str, Any] | None:
         """One approval (withdrawn and expired ones too)."""

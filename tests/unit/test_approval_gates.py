@@ -238,6 +238,11 @@ def test_approval_store_counts_lists_and_withdraws(r: fakeredis.FakeRedis):
     assert store.get("apr_0001")["withdrawn_at"] == "2026-11-28T16:00:00Z"
     ttl = r.ttl(next(iter(r.scan_iter("tw:approvals:valid:*:" + D1))))
     assert 86400 < ttl <= 86400 + 3600
+    # for retention: digests with an approval not yet expired (the latest expiry counts)
+    expiry_ms = int((NOW - timedelta(seconds=60) + timedelta(days=1)).timestamp() * 1000)
+    assert store.pending_digests(REPO, expiry_ms - 1) == {D1}
+    assert store.pending_digests(REPO, expiry_ms) == set()
+    assert store.pending_digests("team-b/app", 0) == {D2}
 
 
 def test_verification_store_keeps_the_newest_result_per_check(r: fakeredis.FakeRedis):
