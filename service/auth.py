@@ -137,6 +137,11 @@ API_RULES: dict[str, tuple[str, str]] = {
     "events.delete_subscription": ("admin", ""),
     "events.redeliver": ("admin", ""),
     "scans.import_vulndb": ("admin", ""),
+    # who may approve is the policy's approvals gate (role:, token:, glob:), not the role;
+    # withdrawing is the approver's or an admin's (both decided in service/approvals.py)
+    "approvals.create_approval": ("reader", "repository"),
+    "approvals.withdraw_approval": ("reader", ""),
+    "approvals.create_verification": ("ci", "repository+environment"),
 }
 
 

@@ -571,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     vimport.add_argument("--no-rescan", action="store_true",
                          help="do not queue rescans of the digests environments point to")
     add_ci_parsers(sub)
+    from service.cli_evidence import add_evidence_parsers
+
+    add_evidence_parsers(sub, _api_options())
     return parser
 
 
@@ -700,8 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one subcommand; a failure is one line on stderr, exit 1,
     never a traceback."""
     args = build_parser().parse_args(argv)
+    handler = getattr(args, "handler", None)  # subcommands of other modules bring their own
     try:
-        return COMMANDS[args.command](args)
+        return handler(args) if handler is not None else COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback

@@ -177,6 +177,26 @@ class ApiClient:
         return self._request("GET", "/api/v1/environments",
                              params={"repository": repository, "at": at})
 
+    def approve(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /api/v1/approvals: the approval (the caller is the approver)."""
+        return self._request("POST", "/api/v1/approvals", json_body=body)
+
+    def approvals(self, **params: Any) -> dict[str, Any]:
+        """GET /api/v1/approvals (repository, environment, digest, limit, cursor): one page."""
+        return self._request("GET", "/api/v1/approvals", params=params)
+
+    def withdraw_approval(self, approval_id: str) -> dict[str, Any]:
+        """DELETE /api/v1/approvals/{id}: the withdrawn approval."""
+        return self._request("DELETE", f"/api/v1/approvals/{approval_id}")
+
+    def verify(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /api/v1/verifications: the recorded result."""
+        return self._request("POST", "/api/v1/verifications", json_body=body)
+
+    def verifications(self, **params: Any) -> dict[str, Any]:
+        """GET /api/v1/verifications (repository, digest, environment, limit, cursor)."""
+        return self._request("GET", "/api/v1/verifications", params=params)
+
 
 class MultipartFile:
     """A multipart/form-data body streamed from a file, with a known length (so the upload

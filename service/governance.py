@@ -301,8 +301,9 @@ def record_mount(svc: Services, repository: str, source: str | None, digest: str
         log.warning("could not audit a mount into %s", repository)
 
 
-def evaluate(svc: Services, args: dict[str, Any]) -> Decision:
-    """The dry-run endpoint: the same decision the real push, delete or promotion gets."""
+def evaluate(svc: Services, args: dict[str, Any], requester: str | None = None) -> Decision:
+    """The dry-run endpoint: the same decision the real push, delete or promotion gets
+    (`requester`: who asks, for the approvals gate)."""
     repository, action = args["repository"], args["action"]
     if action == "push":
         if "tag" not in args:
@@ -316,7 +317,7 @@ def evaluate(svc: Services, args: dict[str, Any]) -> Decision:
         return check_delete(svc, repository, reference)
     from service.promotions import evaluate_request
 
-    return evaluate_request(svc, args)
+    return evaluate_request(svc, args, requester)
 
 
 def scan_after_push(svc: Services, repository: str, digest: str) -> None:

@@ -78,6 +78,8 @@ EXTRA_ERRORS: dict[str, tuple[int, ...]] = {
     "events.create_subscription": (400,),
     "tokens.create_token": (400,),
     "tag_bindings.release_binding": (400, 404),
+    "approvals.create_approval": (400, 404, 502),
+    "approvals.create_verification": (400, 404, 502),
     WEBHOOK_ENDPOINT: (400, 401, 413, 415, 503),
 }
 IDEMPOTENT_ENDPOINTS = ("promotions.create_promotion", "promotions.create_rollback")

@@ -22,6 +22,7 @@ from service.domain.errors import (
     RegistryUnavailable,
     Unprocessable,
 )
+from service.domain.gates import approval_tally
 from service.domain.policy import Decision, Policy, PromotionContext, evaluate_promotion
 from service.domain.tags import valid_repository, valid_tag
 from service.governance import denial_message, policy_for
@@ -134,11 +135,18 @@ def scan_summary(svc: Services, inputs: GateInputs) -> dict[str, Any] | None:
 
 
 def build_context(svc: Services, policy: Policy, repository: str, environment: str,
-                  kind: str, value: str, digest: str) -> PromotionContext:
+                  kind: str, value: str, digest: str, requester: str | None = None
+                  ) -> PromotionContext:
     """Everything the gates need, read from Redis in one round trip (and the registry only
-    when the tag map cannot answer)."""
+    when the tag map cannot answer); approvals and verifications only when gated."""
     inputs = svc.promotions.gate_inputs(repository, digest, list(policy.environments))
+    gate = policy.gate(environment)
     return PromotionContext(
+        requester=requester,
+        approvals=(svc.approvals.valid_for(repository, environment, digest)
+                   if gate.approvals else ()),
+        verifications=(svc.verifications.latest(repository, digest, gate.verified.in_env)
+                       if gate.verified else {}),
         repository=repository, environment=environment, digest=digest,
         source_kind=kind, source_value=value,  # type: ignore[arg-type]
         digest_tags=digest_tags(svc, repository, digest, policy.environments, inputs,
@@ -152,8 +160,10 @@ def build_context(svc: Services, policy: Policy, repository: str, environment: s
     )
 
 
-def evaluate_request(svc: Services, args: dict[str, Any]) -> Decision:
-    """The promotion decision without side effects (the evaluate endpoint and dry runs)."""
+def evaluate_request(svc: Services, args: dict[str, Any], requester: str | None = None
+                     ) -> Decision:
+    """The promotion decision without side effects (the evaluate endpoint and dry runs);
+    `requester` is who would promote (their own approvals may not count)."""
     repository = args["repository"]
     environment = args.get("environment")
     if not environment:
@@ -162,7 +172,8 @@ def evaluate_request(svc: Services, args: dict[str, Any]) -> Decision:
     policy = policy_for(svc, repository)
     _check_target(policy, repository, environment)
     kind, value, manifest = resolve_source(svc, policy, {**args, "environment": environment})
-    ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest)
+    ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest,
+                        requester)
     return evaluate_promotion(policy, ctx)
 
 
@@ -174,7 +185,7 @@ def _record(kind: str, repository: str, environment: str, manifest: Manifest,
         "id": new_id(), "kind": kind, "repository": repository, "environment": environment,
         "digest": manifest.digest, "previous_digest": previous, "source": source, "tags": tags,
         "actor": actor, "reason": reason, "created_at": format_time(datetime.now(UTC)),
-        "policy": policy,
+        "policy": policy, "approvals": [],
     }
 
 
@@ -300,11 +311,14 @@ def _promote(svc: Services, req: dict[str, Any], actor: str | None,
     policy = policy_for(svc, repository)
     _check_target(policy, repository, environment)
     kind, value, manifest = resolve_source(svc, policy, req)
-    ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest)
+    ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest,
+                        actor)
     decision = evaluate_promotion(policy, ctx)
     source = {kind: value}
     record = _record("promotion", repository, environment, manifest, None, source,
                      list(ctx.digest_tags), actor, req.get("reason"), policy.name)
+    counted = approval_tally(policy.gate(environment), ctx)
+    record["approvals"] = counted.ids if counted is not None else []
     if req.get("dry_run") or not decision.allowed:  # a preview shows what it would replace
         record["previous_digest"] = svc.environments.digests(repository).get(environment)
     if req.get("dry_run"):

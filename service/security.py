@@ -39,6 +39,9 @@ AUDITED = {
     "events.redeliver": "delivery.redeliver",
     "tag_bindings.release_binding": "tag_binding.release",
     "scans.import_vulndb": "vulndb.import",
+    "approvals.create_approval": "approval.grant",
+    "approvals.withdraw_approval": "approval.withdraw",
+    "approvals.create_verification": "verification.record",
 }
 VULNDB_IMPORT_ENDPOINT = "scans.import_vulndb"
 
@@ -105,7 +108,7 @@ def _target() -> dict[str, Any]:
     body = peek_json()
     if isinstance(body, dict):
         for name in ("repository", "environment", "name", "role", "tag", "digest", "to",
-                     "reference", "from_environment", "reason"):
+                     "reference", "from_environment", "reason", "result"):
             if isinstance(body.get(name), str):
                 target[name] = body[name]
         if isinstance(body.get("url"), str):

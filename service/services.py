@@ -11,6 +11,7 @@ from service import store
 from service.config import Settings
 from service.registry.client import RegistryClient
 from service.registry.limits import MemoryBudget
+from service.store.approvals import ApprovalStore
 from service.store.audit import AuditStore
 from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
@@ -25,6 +26,7 @@ from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
 from service.store.tokens import TokenStore
 from service.store.uploads import UploadSessions
+from service.store.verifications import VerificationStore
 from service.store.vulndb import VulnDB
 
 
@@ -53,6 +55,8 @@ class Services:
     manifest_budget: MemoryBudget
     uploads: UploadSessions
     referrers: ReferrerIndex
+    approvals: ApprovalStore
+    verifications: VerificationStore
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -85,4 +89,6 @@ class Services:
             manifest_budget=MemoryBudget(settings.manifest_memory),
             uploads=UploadSessions(client),
             referrers=ReferrerIndex(client),
+            approvals=ApprovalStore(client),
+            verifications=VerificationStore(client),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import g
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
@@ -79,4 +80,4 @@ def delete_policy(name: str) -> None:
 @blp.response(200, DecisionSchema)
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     """Evaluate a push, delete or promotion against the policy; changes nothing."""
-    return governance.evaluate(svc(), args).to_dict()
+    return governance.evaluate(svc(), args, g.get("actor_name")).to_dict()

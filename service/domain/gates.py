@@ -1,5 +1,5 @@
-"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak, freeze and
-attached artifacts (referrers)."""
+"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak, freeze, attached
+artifacts (referrers), approvals and verification evidence."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from service.domain.approvals import (
+    Tally,
+    approvals_message,
+    tally,
+    verification_gaps,
+    verified_message,
+)
 from service.domain.durations import format_duration, format_time
 from service.domain.policy_model import (
     SEVERITIES,
+    ApprovalGate,
     Decision,
     FreezeWindow,
     Gate,
@@ -19,6 +27,7 @@ from service.domain.policy_model import (
     Policy,
     ReferrerRequirement,
     ScanGate,
+    VerifiedGate,
     Violation,
 )
 from service.domain.tags import LATEST, matches_any
@@ -46,6 +55,10 @@ class PromotionContext:
     newest_scan: Mapping[str, Any] | None = None
     referrer_types: frozenset[str] = frozenset()  # artifact types attached to the digest
     now: datetime
+    # the approvals and verifications gates (service/domain/approvals.py)
+    requester: str | None = None
+    approvals: Sequence[Mapping[str, Any]] = ()
+    verifications: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
@@ -67,6 +80,8 @@ def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
         *_check_soak(gate, ctx),
         *_check_freeze(gate.freeze, ctx),
         *_check_referrers(gate.referrers, ctx),
+        *_check_approvals(gate.approvals, ctx),
+        *_check_verified(gate.verified, ctx),
     ]
     return Decision.of(policy, [Violation(rule, message, policy.name) for rule, message in found])
 
@@ -75,9 +90,10 @@ _Found = Iterable[tuple[str, str]]
 
 
 def evaluate_rollback(policy: Policy, ctx: PromotionContext) -> Decision:
-    """Decide a rollback: the promotion gates without soak and scan (the emergency exit)."""
+    """Decide a rollback: the promotion gates without soak, scan, approvals and verifications
+    (the emergency exit goes back to a digest that already ran there)."""
     gate = policy.gate(ctx.environment)
-    relaxed = replace(gate, scan=None, soak_seconds=0)
+    relaxed = replace(gate, scan=None, soak_seconds=0, approvals=None, verified=None)
     return evaluate_promotion(replace(policy, promotion={**policy.promotion,
                                                          ctx.environment: relaxed}), ctx)
 
@@ -242,3 +258,32 @@ def _check_referrers(required: Sequence[ReferrerRequirement], ctx: PromotionCont
         f"{ctx.digest} (a manifest whose subject is the digest); attached: {attached}. Push "
         "it with its subject set, e.g. `oras attach`, then retry",
     )
+
+
+def approval_tally(gate: Gate, ctx: PromotionContext) -> Tally | None:
+    """The approvals the gate counts for this promotion (None: the gate asks for none)."""
+    if gate.approvals is None:
+        return None
+    return tally(gate.approvals, ctx.approvals, environment=ctx.environment, digest=ctx.digest,
+                 requester=ctx.requester, now=ctx.now)
+
+
+def _check_approvals(approvals: ApprovalGate | None, ctx: PromotionContext) -> _Found:
+    if approvals is None:
+        return
+    found = tally(approvals, ctx.approvals, environment=ctx.environment, digest=ctx.digest,
+                  requester=ctx.requester, now=ctx.now)
+    if found.missing:
+        yield ("promotion.approvals", approvals_message(
+            approvals, repository=ctx.repository, environment=ctx.environment,
+            digest=ctx.digest, found=found, requester=ctx.requester))
+
+
+def _check_verified(verified: VerifiedGate | None, ctx: PromotionContext) -> _Found:
+    if verified is None:
+        return
+    gaps = verification_gaps(verified, ctx.verifications)
+    if gaps:
+        yield ("promotion.verified", verified_message(
+            verified, repository=ctx.repository, environment=ctx.environment,
+            digest=ctx.digest, gaps=gaps))

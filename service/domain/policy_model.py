@@ -48,6 +48,25 @@ class ReferrerRequirement:
 
 
 @dataclass(frozen=True)
+class ApprovalGate:
+    """Four eyes: `required` valid approvals of the digest for the environment, from distinct
+    approvers matching `approvers` (`role:X`, `token:NAME`, `glob:PATTERN`)."""
+
+    required: int
+    approvers: tuple[str, ...]
+    requester_may_approve: bool = False
+    valid_for_seconds: int = 24 * 3600
+
+
+@dataclass(frozen=True)
+class VerifiedGate:
+    """Each named check's newest result for the digest in environment `in_env` is `passed`."""
+
+    in_env: str
+    checks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Gate:
     """Promotion gate of one target environment; the empty gate lets everything through."""
 
@@ -57,6 +76,8 @@ class Gate:
     soak_seconds: int = 0
     freeze: tuple[FreezeWindow, ...] = ()
     referrers: tuple[ReferrerRequirement, ...] = ()
+    approvals: ApprovalGate | None = None
+    verified: VerifiedGate | None = None
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,14 @@ from marshmallow import (
     validates_schema,
 )
 
+from service.domain.approvals import parse_approver
 from service.domain.durations import format_duration, format_time, parse_duration
 from service.domain.errors import InvalidRequest
 from service.domain.policy_model import (
     DEFAULT_POLICY,
     ON_DRIFT,
     SEVERITIES,
+    ApprovalGate,
     FreezeWindow,
     Gate,
     IgnoreEntry,
@@ -34,6 +36,7 @@ from service.domain.policy_model import (
     PushRules,
     ReferrerRequirement,
     ScanGate,
+    VerifiedGate,
 )
 from service.domain.referrers import MEDIA_TYPE_RE
 from service.domain.tags import ENVIRONMENT, LATEST, is_git_sha, is_semver, validate_spec
@@ -47,6 +50,8 @@ _RFC3339_RE = re.compile(
 )
 
 __all__ = [
+    "ApprovalGateSchema",
+    "VerifiedGateSchema",
     "FreezeWindowSchema",
     "GateSchema",
     "IgnoreSchema",
@@ -244,6 +249,52 @@ class ReferrerRequirementSchema(_Strict):
         return ReferrerRequirement(**data)
 
 
+def _check_approver(spec: str) -> None:
+    try:
+        parse_approver(spec)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _check_check_name(name: str) -> None:
+    if not NAME_RE.fullmatch(name):
+        raise ValidationError(f"check name {name!r} must be {_NAME_RULE}")
+
+
+class ApprovalGateSchema(_Strict):
+    required = fields.Integer(required=True, strict=True, validate=validate.Range(1, 20))
+    approvers = fields.List(fields.String(validate=_check_approver), required=True,
+                            validate=validate.Length(1, 100))
+    requester_may_approve = StrictBoolean(load_default=False)
+    valid_for = Duration(attribute="valid_for_seconds", load_default=24 * 3600,
+                         validate=validate.Range(1, 366 * 86400,
+                                                 error="must be between 1s and 366d"))
+
+    @validates_schema(skip_on_field_errors=True)
+    def check_reachable(self, data: dict, **kwargs: Any) -> None:
+        # only named tokens: fewer names than required approvals can never be satisfied
+        names = {a for a in data["approvers"] if a.startswith("token:")}
+        if len(names) == len(data["approvers"]) and len(names) < data["required"]:
+            raise ValidationError(f"{data['required']} approvals required but only "
+                                  f"{len(names)} token(s) may approve", "required")
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> ApprovalGate:
+        return ApprovalGate(required=data["required"], approvers=tuple(data["approvers"]),
+                            requester_may_approve=data["requester_may_approve"],
+                            valid_for_seconds=data["valid_for_seconds"])
+
+
+class VerifiedGateSchema(_Strict):
+    in_env = fields.String(data_key="in", required=True)
+    checks = fields.List(fields.String(validate=_check_check_name), required=True,
+                         validate=validate.Length(1, 50))
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> VerifiedGate:
+        return VerifiedGate(in_env=data["in_env"], checks=tuple(dict.fromkeys(data["checks"])))
+
+
 class GateSchema(_Strict):
     from_env = fields.String(data_key="from", load_default=None)
     tags = _specs(load_default=list)
@@ -252,6 +303,8 @@ class GateSchema(_Strict):
     freeze = fields.List(fields.Nested(FreezeWindowSchema), load_default=list)
     referrers = fields.List(fields.Nested(ReferrerRequirementSchema), load_default=list,
                             validate=validate.Length(max=20))
+    approvals = fields.Nested(ApprovalGateSchema, load_default=None, allow_none=True)
+    verified = fields.Nested(VerifiedGateSchema, load_default=None, allow_none=True)
 
     @post_load
     def make(self, data: dict, **kwargs: Any) -> Gate:
@@ -262,6 +315,8 @@ class GateSchema(_Strict):
             soak_seconds=data["soak_seconds"],
             freeze=tuple(data["freeze"]),
             referrers=tuple(data["referrers"]),
+            approvals=data["approvals"],
+            verified=data["verified"],
         )
 
     @post_dump
@@ -334,6 +389,10 @@ def _gate_order_errors(env: str, gate: Mapping, envs: list[str]) -> dict[str, li
             errors["from"] = [f"{source!r} must come before {env!r} in environments"]
     if gate.get("soak") is not None and source is None:
         errors["soak"] = ["soak is measured in the 'from' environment: set 'from' too"]
+    verified = gate.get("verified")
+    where = verified.get("in") if isinstance(verified, Mapping) else None
+    if isinstance(where, str) and where not in envs:
+        errors["verified.in"] = [f"unknown environment {where!r}: not in environments"]
     return errors
 
 

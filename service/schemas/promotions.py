@@ -69,6 +69,8 @@ class PromotionSchema(Schema):
     policy = fields.String()
     idempotency_key = fields.String(
         allow_none=True, metadata={"description": "the Idempotency-Key the request carried"})
+    approvals = fields.List(fields.String(), metadata={
+        "description": "ids of the approvals the `approvals` gate counted (empty without one)"})
     dry_run = fields.Boolean()
     allowed = fields.Boolean()
     violations = fields.List(fields.Nested(ViolationSchema))

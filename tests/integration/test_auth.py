@@ -55,7 +55,8 @@ def call(stack: Stack, token: str | None, method: str, path: str, **kwargs) -> r
 # -- every /api/v1 operation against every role ---------------------------------------------
 TEAM, FOREIGN = "team-a/app", "team-b/app"
 RBAC_POLICY = {"name": "rbac", "repositories": ["team-a/*", "team-b/*"], "scan_on_push": False,
-               "promotion": {"develop": {}, "staging": {}, "production": {}}}
+               "promotion": {"develop": {}, "staging": {}, "production": {"approvals": {
+                   "required": 1, "approvers": ["role:reader", "role:ci", "role:admin"]}}}}
 ROLE_SPECS = {
     "reader": {"role": "reader"},
     "ci": {"role": "ci"},
@@ -166,6 +167,19 @@ EXPECTED: dict[tuple[str, str], tuple[str, Request]] = {
         "reader", lambda w: (f"/api/v1/tag-bindings?repository={TEAM}", None)),
     ("DELETE", "/api/v1/tag-bindings"): ("admin", lambda w: (
         f"/api/v1/tag-bindings?repository={TEAM}&tag=v0.0.1", {"reason": "role table"})),
+    # who may approve is the policy's approvers list (here: every role), not the token's role;
+    # withdrawing is the approver's or an admin's (tests/integration/test_governance_gates.py)
+    ("POST", "/api/v1/approvals"): ("reader", lambda w: ("/api/v1/approvals", {
+        "repository": TEAM, "environment": "production", "digest": w.digest})),
+    ("GET", "/api/v1/approvals"): (
+        "reader", lambda w: (f"/api/v1/approvals?repository={TEAM}", None)),
+    ("DELETE", "/api/v1/approvals/<string:approval_id>"): (
+        "reader", lambda w: ("/api/v1/approvals/apr_none", None)),
+    ("POST", "/api/v1/verifications"): ("ci", lambda w: ("/api/v1/verifications", {
+        "repository": TEAM, "digest": w.digest, "environment": "develop", "name": "rbac",
+        "result": "passed"})),
+    ("GET", "/api/v1/verifications"): (
+        "reader", lambda w: (f"/api/v1/verifications?repository={TEAM}", None)),
     ("POST", "/api/v1/webhooks/registry"): (WEBHOOK, lambda w: (
         "/api/v1/webhooks/registry", {"events": []})),
 }
@@ -248,6 +262,19 @@ def _scoped_cases(world: World) -> list[tuple[str, str, dict | None, bool]]:
         ("POST", "/api/v1/rollbacks", {"repository": FOREIGN, "environment": "develop"}, False),
         ("POST", "/api/v1/scans", {"repository": TEAM, "reference": "v1.0.0"}, True),
         ("POST", "/api/v1/scans", {"repository": FOREIGN, "reference": "v1.0.0"}, False),
+        ("POST", "/api/v1/approvals",
+         {"repository": TEAM, "environment": "production", "digest": world.digest}, True),
+        ("POST", "/api/v1/approvals",
+         {"repository": FOREIGN, "environment": "production", "digest": world.digest}, False),
+        ("POST", "/api/v1/verifications", {"repository": TEAM, "environment": "develop",
+                                           "digest": world.digest, "name": "rbac",
+                                           "result": "passed"}, True),
+        ("POST", "/api/v1/verifications", {"repository": TEAM, "environment": "staging",
+                                           "digest": world.digest, "name": "rbac",
+                                           "result": "passed"}, False),
+        ("POST", "/api/v1/verifications", {"repository": FOREIGN, "environment": "develop",
+                                           "digest": world.digest, "name": "rbac",
+                                           "result": "passed"}, False),
         ("DELETE", f"/api/v1/tokens/{world.new_token()}", None, False),
         ("DELETE", f"/api/v1/subscriptions/{world.new_subscription()}", None, False),
         ("DELETE", f"/api/v1/policies/{world.new_policy()}", None, False),
