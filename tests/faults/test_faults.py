@@ -6,20 +6,27 @@ import json
 import os
 import random
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
+import redis as redis_lib
 import requests
 from rq import Queue
-from rq.registry import StartedJobRegistry
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from service.store import key, tagmap
 from service.store.events import EventStore
+from service.store.inbox import GROUP, Inbox
 from tests.faults.conftest import report, start_fault_stack
 from tests.helpers import oci, procs
 from tests.integration.conftest import CI_CREDS, Stack
@@ -70,13 +77,14 @@ def _pointer(stack: Stack, repo: str, env: str) -> str | None:
 
 
 def test_worker_killed_mid_scan_is_retried_and_completes_once(tmp_path: Path):
+    """The worker and its work-horse are SIGKILLed while the scan job is started and the scan
+    record says running; RQ finds the job abandoned, retries it on a new worker (one retry
+    used, a second start time), and the digest gets exactly one succeeded report."""
     stack = start_fault_stack(tmp_path, TAGWARDEN_JOB_MONITORING_INTERVAL="1",
                               TAGWARDEN_WORKER_MAINTENANCE_INTERVAL="5")
     try:
         _policy(stack)
         osv = fixtures.write_osv_dir(tmp_path / "osv", fixtures.osv_fixture_records())
-        import subprocess
-
         tagwarden = str(Path(sys.executable).parent / "tagwarden")
         assert subprocess.run([tagwarden, "vulndb", "import", str(osv)], env=stack.env,
                               capture_output=True, timeout=60).returncode == 0
@@ -85,34 +93,48 @@ def test_worker_killed_mid_scan_is_retried_and_completes_once(tmp_path: Path):
         _push(stack, tmp_path, big, "faults/scan:v1.0.0")
         scan = stack.admin().post(f"{stack.gw_url}/api/v1/scans", json={
             "repository": "faults/scan", "reference": "v1.0.0"}, timeout=10).json()
+        rq_redis = redis_lib.Redis(port=stack.redis.port)
+        queue = Queue("tagwarden", connection=rq_redis)
+        started = StartedJobRegistry(queue=queue)
 
-        def running():
-            body = stack.admin().get(f"{stack.gw_url}/api/v1/scans/{scan['id']}",
+        def get_scan() -> dict:
+            return stack.admin().get(f"{stack.gw_url}/api/v1/scans/{scan['id']}",
                                      timeout=10).json()
-            return body["status"] == "running"
 
-        wait_for(running, timeout=60, interval=0.01)
-        stack.worker.kill()  # SIGKILL of the worker and its work-horse, mid-scan
+        wait_for(lambda: get_scan()["status"] == "running", timeout=60, interval=0.01)
+        frozen = _freeze(stack.worker)  # the worker, its work-horse and its scheduler
+        at_kill = get_scan()
+        job = Job.fetch(f"scan-{scan['id']}", connection=rq_redis)
+        assert at_kill["status"] == "running" and at_kill["started_at"], at_kill
+        assert at_kill["finished_at"] is None
+        assert job.get_status() == JobStatus.STARTED
+        assert job.id in started.get_job_ids(cleanup=False)
+        assert job.retries_left == 3
+        first_start = job.started_at
+        _kill_all(frozen)  # SIGKILL mid-scan
+        stack.worker.stop()  # reaps it
         stack.worker = procs.worker_process(tmp_path / "worker2", stack.env, name="worker2")
 
         def finished():
-            body = stack.admin().get(f"{stack.gw_url}/api/v1/scans/{scan['id']}",
-                                     timeout=10).json()
+            body = get_scan()
             return body if body["status"] in ("succeeded", "failed") else None
 
-        result = wait_for(finished, timeout=180, interval=0.5)
+        result = wait_for(finished, timeout=200, interval=0.5)
         assert result["status"] == "succeeded", result.get("error")
         assert sorted(f["id"] for f in result["findings"]) == sorted(
             f["id"] for f in fixtures.ALPINE_EXPECTED_FINDINGS)
+        assert result["started_at"] > at_kill["started_at"]  # the retry's own start
+        job.refresh()
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.retries_left == 2  # one retry used: the abandoned attempt
+        assert job.started_at > first_start
         listed = stack.admin().get(f"{stack.gw_url}/api/v1/scans",
                                    params={"digest": big.digest}, timeout=10).json()["items"]
-        assert [s["id"] for s in listed] == [scan["id"]]  # exactly one report per digest
-        import redis as redis_lib
-
-        rq_redis = redis_lib.Redis(port=stack.redis.port)
-        started = StartedJobRegistry(queue=Queue("tagwarden", connection=rq_redis))
-        wait_for(lambda: started.count == 0, timeout=30)
-        report("worker killed mid-scan", scans=1, retried=1, reports=len(listed), stuck_jobs=0)
+        assert [(s["id"], s["status"]) for s in listed] == [(scan["id"], "succeeded")]
+        assert started.get_job_ids(cleanup=False) == []
+        assert FailedJobRegistry(queue=queue).get_job_ids() == []
+        report("worker killed mid-scan", scans=1, killed_while=at_kill["status"],
+               retries_used=3 - job.retries_left, reports=len(listed), stuck_jobs=0)
     finally:
         stack.stop()
 
@@ -308,14 +330,64 @@ def test_gateway_worker_killed_mid_promotion_is_repaired_once(tmp_path: Path):
         stack.stop()
 
 
+def _freeze(proc: procs.Proc) -> list[psutil.Process]:
+    """SIGSTOP a process and every descendant (an RQ work-horse has a process group of its
+    own, so signalling the worker's group does not reach it)."""
+    frozen = procs.tree(proc.pid)
+    for p in frozen:
+        p.send_signal(signal.SIGSTOP)
+    return frozen
+
+
+def _kill_all(frozen: list[psutil.Process]) -> None:
+    """SIGKILL processes (frozen by `_freeze`) and wait until they are gone."""
+    for p in frozen:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(frozen, timeout=10)
+
+
+HELD_MS = 50
+
+
+def _held_before(client, inbox: Inbox, frozen_at: float) -> float:  # noqa: ANN001
+    """How long (ms) before `frozen_at` the worker had been holding its claimed entries: a
+    worker that acks what it reads before processing it holds them for a round trip only."""
+    entries = client.xpending_range(inbox.stream, GROUP, "-", "+", 1000)
+    since_freeze = (time.monotonic() - frozen_at) * 1000
+    return min(e["time_since_delivered"] for e in entries) - since_freeze if entries else 0
+
+
+def _storm_events(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
+    """(manifest pushes, deletes, pulls): the first two go through the inbox to a worker."""
+    def event(action: str, i: int, **target: str) -> dict:
+        return {"id": str(uuid.UUID(int=rng.getrandbits(128))), "action": action,
+                "timestamp": "2026-11-28T00:00:00Z",
+                "target": {"repository": f"storm/app{i % 50}", **target}}
+
+    pushes = [event("push", i, mediaType=oci.OCI_MANIFEST, digest="sha256:" + f"{i:064x}",
+                    tag=f"build-{i}") for i in range(3000)]
+    deletes = [event("delete", i, digest="sha256:" + f"{10**6 + i:064x}",
+                     **({"tag": f"gone-{i}"} if i % 2 else {})) for i in range(1500)]
+    pulls = [event("pull", i, mediaType=oci.OCI_MANIFEST, digest="sha256:" + f"{i:064x}")
+             for i in range(3000)]
+    return pushes, deletes, pulls
+
+
 def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
-    stack = start_fault_stack(tmp_path)
+    """Manifest pushes and deletes go through the inbox (a consumer group) to a worker, which
+    is SIGKILLed while it holds claimed entries; a new worker claims them (after the inbox's
+    60 s idle time) and every valid event ends up recorded exactly once."""
+    stack = start_fault_stack(tmp_path, TAGWARDEN_JOB_MONITORING_INTERVAL="1",
+                              TAGWARDEN_WORKER_MAINTENANCE_INTERVAL="5")
     try:
+        _policy(stack)  # scan_on_push off: the storm's digests are not in the registry
         rng = random.Random(42)
-        unique = [{"id": str(uuid.UUID(int=rng.getrandbits(128))), "action": "pull",
-                   "timestamp": "2026-11-28T00:00:00Z",
-                   "target": {"repository": f"storm/app{i % 50}", "mediaType": oci.OCI_MANIFEST,
-                              "digest": "sha256:" + f"{i:064x}"}} for i in range(7500)]
+        pushes, deletes, pulls = _storm_events(rng)
+        unique = pushes + deletes + pulls
+        rng.shuffle(unique)
         duplicates = [rng.choice(unique) for _ in range(2000)]
         malformed = [{"id": f"bad-{i}", "action": "explode"} for i in range(500)]
         envelopes = unique + duplicates + malformed
@@ -323,35 +395,77 @@ def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
         url = f"{stack.gw_url}/api/v1/webhooks/registry"
         headers = {"Authorization": f"Bearer {procs.WEBHOOK_TOKEN}",
                    "Content-Type": "application/vnd.docker.distribution.events.v1+json"}
+        client = stack.redis_client()
+        inbox = Inbox(client)
         before = stack.gateway.rss()
         local = threading.local()
+        sent = [0]
 
         def send(event: dict) -> int:
             if not hasattr(local, "s"):
                 local.s = requests.Session()
-            return local.s.post(url, data=json.dumps({"events": [event]}), headers=headers,
-                                timeout=30).status_code
+            status = local.s.post(url, data=json.dumps({"events": [event]}), headers=headers,
+                                  timeout=30).status_code
+            sent[0] += 1
+            return status
+
+        def claimed() -> dict | None:
+            pending = client.xpending(inbox.stream, GROUP)
+            return pending if pending["pending"] else None
 
         with procs.PeakRss(stack.gateway.pid) as peak, ThreadPoolExecutor(max_workers=16) as pool:
-            statuses = list(pool.map(send, envelopes))
+            futures = [pool.submit(send, e) for e in envelopes]
+            wait_for(lambda: sent[0] >= len(envelopes) // 4 and claimed(), timeout=120,
+                     interval=0.01)
+            for _ in range(500):  # freeze the worker (and its work-horse) mid-batch
+                frozen, frozen_at = _freeze(stack.worker), time.monotonic()
+                at_kill = claimed()
+                if at_kill and _held_before(client, inbox, frozen_at) >= HELD_MS:
+                    break
+                for p in frozen:  # between batches, or a batch just read: let it go on
+                    p.send_signal(signal.SIGCONT)
+                at_kill = None
+                time.sleep(0.01)
+            assert at_kill, "the worker was never caught working on claimed inbox entries"
+            killed_at = sent[0]
+            pending_ids = [e["message_id"] for e in client.xpending_range(
+                inbox.stream, GROUP, "-", "+", at_kill["pending"])]
+            _kill_all(frozen)
+            stack.worker.stop()  # reaps it
+            stack.worker = procs.worker_process(tmp_path / "worker2", stack.env, name="worker2")
+            statuses = [f.result() for f in futures]
         assert statuses.count(200) == len(envelopes)
-        client = stack.redis_client()
+        assert killed_at < len(envelopes)  # the storm went on after the kill
+        horses = {f"{socket.gethostname()}-{p.pid}" for p in frozen}
+        assert [c["name"] for c in at_kill["consumers"]] and all(
+            c["name"] in horses for c in at_kill["consumers"])  # held by the killed worker
+        claimed_events = {json.loads(f["d"])["id"] for _, f in (
+            client.xrange(inbox.stream, i, i)[0] for i in pending_ids)}
+        assert len(claimed_events) == len(pending_ids) > 0
+
+        def drained() -> bool:
+            return (client.xpending(inbox.stream, GROUP)["pending"] == 0
+                    and inbox.backlog() == 0)
+
+        wait_for(drained, timeout=150, interval=0.5)  # the new worker claimed and processed
+        recorded = Counter(json.loads(f["d"])["id"] for _, f in client.xrange(key("events")))
+        assert {i: n for i, n in recorded.items() if n != 1} == {}  # each recorded once
+        assert set(recorded) == {e["id"] for e in unique}
+        assert claimed_events <= set(recorded)
+        assert all(c["pending"] == 0 for c in client.xinfo_consumers(inbox.stream, GROUP))
+        learned = {(e["target"]["repository"], e["target"]["tag"]): e["target"]["digest"]
+                   for e in pushes}
+        assert {k: client.hget(tagmap.map_key(k[0]), k[1]) for k in learned} == learned
         events = EventStore(client)
-
-        def all_recorded():
-            return client.xlen("tw:events") >= len(unique)
-
-        wait_for(all_recorded, timeout=120, interval=0.5)
-        time.sleep(1)
-        recorded_ids = [json.loads(f["d"])["id"] for _, f in client.xrange("tw:events")]
-        assert len(recorded_ids) == len(set(recorded_ids)) == len(unique)
-        assert set(recorded_ids) == {e["id"] for e in unique}
         assert events.counters().get("webhook.malformed") == len(malformed)
+        assert "webhook.failed" not in events.counters()
         growth = peak.peak - before
         assert growth < 64 * 1024 * 1024, growth
         report("webhook storm", sent=len(envelopes), acknowledged=statuses.count(200),
-               recorded=len(recorded_ids), duplicates_dropped=len(duplicates),
-               malformed_counted=len(malformed), lost=0, rss_growth_mib=round(growth / 2**20, 1))
+               via_inbox=len(pushes) + len(deletes), killed_after=killed_at,
+               claimed_at_kill=len(pending_ids), recorded=sum(recorded.values()),
+               duplicates_dropped=len(duplicates), malformed_counted=len(malformed), lost=0,
+               rss_growth_mib=round(growth / 2**20, 1))
     finally:
         stack.stop()
 
