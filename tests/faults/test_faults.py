@@ -20,10 +20,12 @@ import psutil
 import pytest
 import redis as redis_lib
 import requests
-from rq import Queue
+from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from service.config import Settings
+from service.services import Services
 from service.store import key, tagmap
 from service.store.events import EventStore
 from service.store.inbox import GROUP, Inbox
@@ -139,7 +141,31 @@ def test_worker_killed_mid_scan_is_retried_and_completes_once(tmp_path: Path):
         stack.stop()
 
 
+def _reconcile_here(stack: Stack) -> Services:
+    """One reconciliation pass run to the end in this process (a queue of its own, which the
+    stack's worker does not serve); the services it used."""
+    from service.jobs import enqueue_reconcile
+    from workers.context import services
+
+    saved = dict(os.environ)
+    os.environ.update(stack.env)
+    os.environ["TAGWARDEN_QUEUE"] = f"fault-repair-{uuid.uuid4().hex}"
+    try:
+        services.cache_clear()
+        svc = Services.build(Settings.from_env())
+        enqueue_reconcile(svc.queue)
+        SimpleWorker([svc.queue], connection=svc.rq_redis).work(burst=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        services.cache_clear()
+    return svc
+
+
 def test_redis_killed_during_a_burst_of_promotions(tmp_path: Path):
+    """Promotions, each with its own Idempotency-Key, run before, during and after a Redis
+    outage; Redis stays down until some of them were answered 503 store_unavailable. After the
+    restart no 201 is lost and each acknowledged key replays its first answer."""
     stack = start_fault_stack(tmp_path)
     try:
         _policy(stack)
@@ -149,40 +175,50 @@ def test_redis_killed_during_a_burst_of_promotions(tmp_path: Path):
             _push(stack, tmp_path, image, f"{repo}:v1.0.{i}")
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {procs.ADMIN_TOKEN}"
-        results: list[tuple[int, dict | None]] = []
+        results: list[dict] = []
         lock = threading.Lock()
-        started = threading.Event()
+        warmed_up = threading.Event()
+        down = threading.Event()  # set while Redis is killed
 
         def client(n: int) -> None:
             for i in range(25):
                 body = {"repository": repo, "environment": ["develop", "staging"][n % 2],
                         "digest": images[(n + i) % 2].digest}
+                key_ = f"burst-{n}-{i}-{uuid.uuid4().hex}"
+                sent_down = down.is_set()
                 try:
                     resp = session.post(f"{stack.gw_url}/api/v1/promotions", json=body,
-                                        timeout=15)
-                    entry = (resp.status_code, resp.json() if resp.status_code == 201 else None)
-                except requests.RequestException:
-                    entry = (0, None)
+                                        headers={"Idempotency-Key": key_}, timeout=15)
+                    status, payload = resp.status_code, resp.json()
+                except requests.RequestException as exc:
+                    status, payload = 0, {"error": repr(exc)}
                 with lock:
-                    results.append(entry)
+                    results.append({"key": key_, "body": body, "status": status,
+                                    "payload": payload, "sent_down": sent_down,
+                                    "answered_down": down.is_set()})
                     if len(results) >= 40:
-                        started.set()
+                        warmed_up.set()
                 time.sleep(0.15)  # the burst spans before, during and after the outage
+
+        def refused_while_down() -> list[dict]:
+            with lock:
+                return [r for r in results if r["sent_down"] and r["status"] == 503]
 
         threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
         for t in threads:
             t.start()
-        started.wait(60)
+        assert warmed_up.wait(60), "the burst did not start"
         stack.redis.kill()
+        down.set()
         t0 = time.monotonic()
-        down = requests.get(f"{stack.gw_url}/api/v1/policies", timeout=5,
-                            headers={"Authorization": f"Bearer {procs.ADMIN_TOKEN}"})
+        probe = requests.get(f"{stack.gw_url}/api/v1/policies", timeout=5,
+                             headers={"Authorization": f"Bearer {procs.ADMIN_TOKEN}"})
         answered_in = time.monotonic() - t0
-        assert down.status_code == 503 and answered_in < 2, (down.status_code, answered_in)
-        assert down.json()["code"] == "store_unavailable"
+        assert probe.status_code == 503 and probe.json()["code"] == "store_unavailable"
         ready = requests.get(f"{stack.gw_url}/readyz", timeout=5)
         assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "down"
-        time.sleep(1.0)
+        wait_for(lambda: len(refused_while_down()) >= 8, timeout=30, interval=0.05)
+        down.clear()
         stack.redis.start()
         back = time.monotonic()
         wait_for(lambda: requests.get(f"{stack.gw_url}/readyz", timeout=5).status_code == 200,
@@ -190,42 +226,38 @@ def test_redis_killed_during_a_burst_of_promotions(tmp_path: Path):
         recovered_in = time.monotonic() - back
         for t in threads:
             t.join(120)
-        # reconciliation finishes or drops what the crash interrupted
-        from rq import SimpleWorker
-
-        from service.config import Settings
-        from service.jobs import enqueue_reconcile
-        from service.services import Services
-        from workers.context import services
-
-        os.environ.update(stack.env)
-        os.environ["TAGWARDEN_QUEUE"] = "fault-repair"  # run here, not by the stack's worker
-        try:
-            services.cache_clear()
-            svc = Services.build(Settings.from_env())
-            enqueue_reconcile(svc.queue)
-            SimpleWorker([svc.queue], connection=svc.rq_redis).work(burst=True)
-        finally:
-            for name in stack.env:
-                if name.startswith("TAGWARDEN_"):
-                    os.environ.pop(name, None)
-            services.cache_clear()
-        acknowledged = [body for status, body in results if status == 201]
-        statuses = [status for status, _ in results]
+        svc = _reconcile_here(stack)  # finishes or drops what the crash interrupted
+        # the gateway's Redis client fails fast: no answer waited for more than its timeout
+        assert answered_in < svc.redis.connection_pool.connection_kwargs["socket_timeout"]
+        statuses = [r["status"] for r in results]
+        assert len(results) == 8 * 25
         assert set(statuses) <= {201, 503, 409}, statuses
-        assert statuses.count(201) > 100  # most of the burst ran before or after the outage
+        assert {r["payload"]["code"] for r in results if r["status"] == 503} == {
+            "store_unavailable"}
+        refused = refused_while_down()
+        assert len(refused) >= 8  # the outage overlapped the burst
+        acknowledged = [r for r in results if r["status"] == 201]
+        assert len(acknowledged) > 100  # most of the burst ran before or after the outage
         recorded = {r["id"] for env in ("develop", "staging") for r in _history(stack, repo, env)}
-        lost = [b["id"] for b in acknowledged if b["id"] not in recorded]
+        lost = [r["payload"]["id"] for r in acknowledged if r["payload"]["id"] not in recorded]
         assert lost == []
+        for r in acknowledged:  # the same key and body: the first answer, nothing promoted again
+            replay = session.post(f"{stack.gw_url}/api/v1/promotions", json=r["body"],
+                                  headers={"Idempotency-Key": r["key"]}, timeout=15)
+            assert (replay.status_code, replay.json()) == (201, r["payload"]), r["key"]
+        assert {r["id"] for env in ("develop", "staging")
+                for r in _history(stack, repo, env)} == recorded
         for env in ("develop", "staging"):
             pointer = _pointer(stack, repo, env)
             assert _registry_tag(stack, repo, env) == pointer
             assert _history(stack, repo, env)[0]["digest"] == pointer
         assert svc.promotions.pending_intents() == []
+        in_flight = [r for r in results if not r["sent_down"] and r["answered_down"]]
         report("redis killed mid-burst", sent=len(results), acknowledged=len(acknowledged),
-               refused_503=statuses.count(503), conflicts_409=statuses.count(409),
-               recorded=len(recorded), lost=len(lost), down_answer_s=round(answered_in, 3),
-               recovered_s=round(recovered_in, 2))
+               refused_503=statuses.count(503), sent_while_down_503=len(refused),
+               in_flight_at_kill=len(in_flight), conflicts_409=statuses.count(409),
+               recorded=len(recorded), lost=len(lost), replayed=len(acknowledged),
+               down_answer_s=round(answered_in, 3), recovered_s=round(recovered_in, 2))
     finally:
         stack.stop()
 
