@@ -39,7 +39,6 @@ def drain(max_seconds: float = 300.0, linger_ms: int = LINGER_MS) -> dict[str, i
             batch = svc.inbox.read(consumer)  # an event accepted just before the flag dropped
             if not batch:
                 break
-        done = []
         for entry_id, event in batch:
             try:
                 process(svc, event)
@@ -49,14 +48,13 @@ def drain(max_seconds: float = 300.0, linger_ms: int = LINGER_MS) -> dict[str, i
                 svc.events.count("webhook.failed")
                 metrics.webhook_failed()
                 failed += 1
-            done.append(entry_id)
-        svc.inbox.ack(done)
+            # processed at least once (a redelivered entry is handled again), recorded once
+            svc.inbox.finish(entry_id, event, svc.events)
     return {"processed": processed, "failed": failed}
 
 
 def process(svc: Services, event: dict[str, Any]) -> None:
-    """Handle one registry event."""
-    svc.events.record(event)
+    """Act on one registry event (`Inbox.finish` records it afterwards)."""
     if not needs_processing(event):  # recorded by the receiver itself since (older entries)
         return
     if event["action"] == "delete":

@@ -55,10 +55,14 @@ def run_worker(burst: bool = False) -> bool:
     connection = connect(settings.redis_url, decode=False, timeout=30.0)
     queue = Queue(settings.queue_name, connection=connection)
     # abandoned jobs (a worker killed mid-job) are found and retried within about
-    # job_monitoring_interval + 60 s + maintenance_interval
+    # job_monitoring_interval + 60 s + maintenance_interval. An idle worker blocks on the
+    # queue for worker_ttl - 15 s between maintenance checks (RQ's default ttl: 405 s), so
+    # the ttl is tied to the maintenance interval; the same check restarts the scheduler
+    # (retries, periodic reconciliation) when the worker that ran it died.
     worker = Worker([queue], connection=connection,
                     maintenance_interval=settings.worker_maintenance_interval,
-                    job_monitoring_interval=settings.job_monitoring_interval)
+                    job_monitoring_interval=settings.job_monitoring_interval,
+                    worker_ttl=settings.worker_maintenance_interval + 15)
     log = logging.getLogger("tagwarden.worker")
     preload()
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from service.store import key
-from service.store.events import serialize
+from service.store.events import EventStore, serialize
 
 DEDUPE_TTL = 7 * 24 * 3600
 INBOX_MAXLEN = 1_000_000
@@ -95,13 +95,14 @@ class Inbox:
     def _decode(entries: list[Any]) -> list[tuple[str, dict[str, Any]]]:
         return [(entry_id, json.loads(fields["d"])) for entry_id, fields in entries if fields]
 
-    def ack(self, entry_ids: list[str]) -> None:
-        """Mark entries processed and drop them from the stream."""
-        if entry_ids:
-            pipe = self.r.pipeline(transaction=True)
-            pipe.xack(self.stream, GROUP, *entry_ids)
-            pipe.xdel(self.stream, *entry_ids)
-            pipe.execute()
+    def finish(self, entry_id: str, event: dict[str, Any], events: EventStore) -> None:
+        """Record a processed entry's event and drop the entry, in one transaction: an entry
+        a killed worker left pending has no record yet, so its redelivery records it once."""
+        pipe = self.r.pipeline(transaction=True)
+        events.record(event, pipe)
+        pipe.xack(self.stream, GROUP, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.execute()
 
     def backlog(self) -> int:
         """Entries not yet processed."""

@@ -6,21 +6,30 @@ import json
 import os
 import random
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
+import redis as redis_lib
 import requests
-from rq import Queue
-from rq.registry import StartedJobRegistry
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from service.config import Settings
+from service.services import Services
 from service.store import TIMEOUT as STORE_TIMEOUT
+from service.store import key, tagmap
 from service.store.events import EventStore
+from service.store.inbox import GROUP, Inbox
 from tests.faults.conftest import report, start_fault_stack
 from tests.helpers import oci, procs
 from tests.integration.conftest import CI_CREDS, Stack
@@ -73,13 +82,14 @@ def _pointer(stack: Stack, repo: str, env: str) -> str | None:
 
 
 def test_worker_killed_mid_scan_is_retried_and_completes_once(tmp_path: Path):
+    """The worker and its work-horse are SIGKILLed while the scan job is started and the scan
+    record says running; RQ finds the job abandoned, retries it on a new worker (one retry
+    used, a second start time), and the digest gets exactly one succeeded report."""
     stack = start_fault_stack(tmp_path, TAGWARDEN_JOB_MONITORING_INTERVAL="1",
                               TAGWARDEN_WORKER_MAINTENANCE_INTERVAL="5")
     try:
         _policy(stack)
         osv = fixtures.write_osv_dir(tmp_path / "osv", fixtures.osv_fixture_records())
-        import subprocess
-
         tagwarden = str(Path(sys.executable).parent / "tagwarden")
         assert subprocess.run([tagwarden, "vulndb", "import", str(osv)], env=stack.cli_env,
                               capture_output=True, timeout=60).returncode == 0
@@ -88,39 +98,77 @@ def test_worker_killed_mid_scan_is_retried_and_completes_once(tmp_path: Path):
         _push(stack, tmp_path, big, "faults/scan:v1.0.0")
         scan = stack.admin().post(f"{stack.gw_url}/api/v1/scans", json={
             "repository": "faults/scan", "reference": "v1.0.0"}, timeout=10).json()
+        rq_redis = redis_lib.Redis(port=stack.redis.port)
+        queue = Queue("tagwarden", connection=rq_redis)
+        started = StartedJobRegistry(queue=queue)
 
-        def running():
-            body = stack.admin().get(f"{stack.gw_url}/api/v1/scans/{scan['id']}",
+        def get_scan() -> dict:
+            return stack.admin().get(f"{stack.gw_url}/api/v1/scans/{scan['id']}",
                                      timeout=10).json()
-            return body["status"] == "running"
 
-        wait_for(running, timeout=60, interval=0.01)
-        stack.worker.kill()  # SIGKILL of the worker and its work-horse, mid-scan
+        wait_for(lambda: get_scan()["status"] == "running", timeout=60, interval=0.01)
+        frozen = _freeze(stack.worker)  # the worker, its work-horse and its scheduler
+        at_kill = get_scan()
+        job = Job.fetch(f"scan-{scan['id']}", connection=rq_redis)
+        assert at_kill["status"] == "running" and at_kill["started_at"], at_kill
+        assert at_kill["finished_at"] is None
+        assert job.get_status() == JobStatus.STARTED
+        assert job.id in started.get_job_ids(cleanup=False)
+        assert job.retries_left == 3
+        first_start = job.started_at
+        _kill_all(frozen)  # SIGKILL mid-scan
+        stack.worker.stop()  # reaps it
         stack.worker = procs.worker_process(tmp_path / "worker2", stack.env, name="worker2")
 
         def finished():
-            body = stack.admin().get(f"{stack.gw_url}/api/v1/scans/{scan['id']}",
-                                     timeout=10).json()
+            body = get_scan()
             return body if body["status"] in ("succeeded", "failed") else None
 
-        result = wait_for(finished, timeout=180, interval=0.5)
+        result = wait_for(finished, timeout=200, interval=0.5)
         assert result["status"] == "succeeded", result.get("error")
         assert sorted(f["id"] for f in result["findings"]) == sorted(
             f["id"] for f in fixtures.ALPINE_EXPECTED_FINDINGS)
+        assert result["started_at"] > at_kill["started_at"]  # the retry's own start
+        job.refresh()
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.retries_left == 2  # one retry used: the abandoned attempt
+        assert job.started_at > first_start
         listed = stack.admin().get(f"{stack.gw_url}/api/v1/scans",
                                    params={"digest": big.digest}, timeout=10).json()["items"]
-        assert [s["id"] for s in listed] == [scan["id"]]  # exactly one report per digest
-        import redis as redis_lib
-
-        rq_redis = redis_lib.Redis(port=stack.redis.port)
-        started = StartedJobRegistry(queue=Queue("tagwarden", connection=rq_redis))
-        wait_for(lambda: started.count == 0, timeout=30)
-        report("worker killed mid-scan", scans=1, retried=1, reports=len(listed), stuck_jobs=0)
+        assert [(s["id"], s["status"]) for s in listed] == [(scan["id"], "succeeded")]
+        assert started.get_job_ids(cleanup=False) == []
+        assert FailedJobRegistry(queue=queue).get_job_ids() == []
+        report("worker killed mid-scan", scans=1, killed_while=at_kill["status"],
+               retries_used=3 - job.retries_left, reports=len(listed), stuck_jobs=0)
     finally:
         stack.stop()
 
 
+def _reconcile_here(stack: Stack) -> Services:
+    """One reconciliation pass run to the end in this process (a queue of its own, which the
+    stack's worker does not serve); the services it used."""
+    from service.jobs import enqueue_reconcile
+    from workers.context import services
+
+    saved = dict(os.environ)
+    os.environ.update(stack.env)
+    os.environ["TAGWARDEN_QUEUE"] = f"fault-repair-{uuid.uuid4().hex}"
+    try:
+        services.cache_clear()
+        svc = Services.build(Settings.from_env())
+        enqueue_reconcile(svc.queue)
+        SimpleWorker([svc.queue], connection=svc.rq_redis).work(burst=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        services.cache_clear()
+    return svc
+
+
 def test_redis_killed_during_a_burst_of_promotions(tmp_path: Path):
+    """Promotions, each with its own Idempotency-Key, run before, during and after a Redis
+    outage; Redis stays down until some of them were answered 503 store_unavailable. After the
+    restart no 201 is lost and each acknowledged key replays its first answer."""
     stack = start_fault_stack(tmp_path)
     try:
         _policy(stack)
@@ -130,42 +178,53 @@ def test_redis_killed_during_a_burst_of_promotions(tmp_path: Path):
             _push(stack, tmp_path, image, f"{repo}:v1.0.{i}")
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {procs.ADMIN_TOKEN}"
-        results: list[tuple[int, dict | None]] = []
+        results: list[dict] = []
         lock = threading.Lock()
-        started = threading.Event()
+        warmed_up = threading.Event()
+        down = threading.Event()  # set while Redis is killed
 
         def client(n: int) -> None:
             for i in range(25):
                 body = {"repository": repo, "environment": ["develop", "staging"][n % 2],
                         "digest": images[(n + i) % 2].digest}
+                key_ = f"burst-{n}-{i}-{uuid.uuid4().hex}"
+                sent_down = down.is_set()
                 try:
                     resp = session.post(f"{stack.gw_url}/api/v1/promotions", json=body,
-                                        timeout=15)
-                    entry = (resp.status_code, resp.json() if resp.status_code == 201 else None)
-                except requests.RequestException:
-                    entry = (0, None)
+                                        headers={"Idempotency-Key": key_}, timeout=15)
+                    status, payload = resp.status_code, resp.json()
+                except requests.RequestException as exc:
+                    status, payload = 0, {"error": repr(exc)}
                 with lock:
-                    results.append(entry)
+                    results.append({"key": key_, "body": body, "status": status,
+                                    "payload": payload, "sent_down": sent_down,
+                                    "answered_down": down.is_set()})
                     if len(results) >= 40:
-                        started.set()
+                        warmed_up.set()
                 time.sleep(0.15)  # the burst spans before, during and after the outage
+
+        def refused_while_down() -> list[dict]:
+            with lock:
+                return [r for r in results if r["sent_down"] and r["status"] == 503]
 
         threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
         for t in threads:
             t.start()
-        started.wait(60)
+        assert warmed_up.wait(60), "the burst did not start"
         stack.redis.kill()
+        down.set()
         t0 = time.monotonic()
         # Answered within the store's own deadline (a client timeout equal to the gateway's
         # Redis socket timeout): no retry loop, no hang behind the dead connection.
-        down = requests.get(f"{stack.gw_url}/api/v1/policies", timeout=STORE_TIMEOUT,
-                            headers={"Authorization": f"Bearer {procs.ADMIN_TOKEN}"})
+        probe = requests.get(f"{stack.gw_url}/api/v1/policies", timeout=STORE_TIMEOUT,
+                             headers={"Authorization": f"Bearer {procs.ADMIN_TOKEN}"})
         answered_in = time.monotonic() - t0
-        assert down.status_code == 503, down.text
-        assert down.json()["code"] == "store_unavailable"
+        assert probe.status_code == 503, probe.text
+        assert probe.json()["code"] == "store_unavailable"
         ready = requests.get(f"{stack.gw_url}/readyz", timeout=5)
         assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "down"
-        time.sleep(1.0)
+        wait_for(lambda: len(refused_while_down()) >= 8, timeout=30, interval=0.05)
+        down.clear()
         stack.redis.start()
         back = time.monotonic()
         wait_for(lambda: requests.get(f"{stack.gw_url}/readyz", timeout=5).status_code == 200,
@@ -173,42 +232,37 @@ def test_redis_killed_during_a_burst_of_promotions(tmp_path: Path):
         recovered_in = time.monotonic() - back
         for t in threads:
             t.join(120)
-        # reconciliation finishes or drops what the crash interrupted
-        from rq import SimpleWorker
-
-        from service.config import Settings
-        from service.jobs import enqueue_reconcile
-        from service.services import Services
-        from workers.context import services
-
-        os.environ.update(stack.env)
-        os.environ["TAGWARDEN_QUEUE"] = "fault-repair"  # run here, not by the stack's worker
-        try:
-            services.cache_clear()
-            svc = Services.build(Settings.from_env())
-            enqueue_reconcile(svc.queue)
-            SimpleWorker([svc.queue], connection=svc.rq_redis).work(burst=True)
-        finally:
-            for name in stack.env:
-                if name.startswith("TAGWARDEN_"):
-                    os.environ.pop(name, None)
-            services.cache_clear()
-        acknowledged = [body for status, body in results if status == 201]
-        statuses = [status for status, _ in results]
+        svc = _reconcile_here(stack)  # finishes or drops what the crash interrupted
+        statuses = [r["status"] for r in results]
+        assert len(results) == 8 * 25
         assert set(statuses) <= {201, 503, 409}, statuses
-        assert statuses.count(201) > 100  # most of the burst ran before or after the outage
+        assert {r["payload"]["code"] for r in results if r["status"] == 503} == {
+            "store_unavailable"}
+        refused = refused_while_down()
+        assert len(refused) >= 8  # the outage overlapped the burst
+        acknowledged = [r for r in results if r["status"] == 201]
+        assert len(acknowledged) > 100  # most of the burst ran before or after the outage
         recorded = {r["id"] for env in ("develop", "staging") for r in _history(stack, repo, env)}
-        lost = [b["id"] for b in acknowledged if b["id"] not in recorded]
+        lost = [r["payload"]["id"] for r in acknowledged if r["payload"]["id"] not in recorded]
         assert lost == []
+        for r in acknowledged:  # the same key and body: the first answer, nothing promoted again
+            replay = session.post(f"{stack.gw_url}/api/v1/promotions", json=r["body"],
+                                  headers={"Idempotency-Key": r["key"]}, timeout=15)
+            assert (replay.status_code, replay.json()) == (201, r["payload"]), r["key"]
+            assert replay.headers.get("Idempotent-Replayed") == "true"
+        assert {r["id"] for env in ("develop", "staging")
+                for r in _history(stack, repo, env)} == recorded
         for env in ("develop", "staging"):
             pointer = _pointer(stack, repo, env)
             assert _registry_tag(stack, repo, env) == pointer
             assert _history(stack, repo, env)[0]["digest"] == pointer
         assert svc.promotions.pending_intents() == []
+        in_flight = [r for r in results if not r["sent_down"] and r["answered_down"]]
         report("redis killed mid-burst", sent=len(results), acknowledged=len(acknowledged),
-               refused_503=statuses.count(503), conflicts_409=statuses.count(409),
-               recorded=len(recorded), lost=len(lost), down_answer_s=round(answered_in, 3),
-               recovered_s=round(recovered_in, 2))
+               refused_503=statuses.count(503), sent_while_down_503=len(refused),
+               in_flight_at_kill=len(in_flight), conflicts_409=statuses.count(409),
+               recorded=len(recorded), lost=len(lost), replayed=len(acknowledged),
+               down_answer_s=round(answered_in, 3), recovered_s=round(recovered_in, 2))
     finally:
         stack.stop()
 
@@ -316,14 +370,64 @@ def test_gateway_worker_killed_mid_promotion_is_repaired_once(tmp_path: Path):
         stack.stop()
 
 
+def _freeze(proc: procs.Proc) -> list[psutil.Process]:
+    """SIGSTOP a process and every descendant (an RQ work-horse has a process group of its
+    own, so signalling the worker's group does not reach it)."""
+    frozen = procs.tree(proc.pid)
+    for p in frozen:
+        p.send_signal(signal.SIGSTOP)
+    return frozen
+
+
+def _kill_all(frozen: list[psutil.Process]) -> None:
+    """SIGKILL processes (frozen by `_freeze`) and wait until they are gone."""
+    for p in frozen:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(frozen, timeout=10)
+
+
+HELD_MS = 50
+
+
+def _held_before(client, inbox: Inbox, frozen_at: float) -> float:  # noqa: ANN001
+    """How long (ms) before `frozen_at` the worker had been holding its claimed entries: a
+    worker that acks what it reads before processing it holds them for a round trip only."""
+    entries = client.xpending_range(inbox.stream, GROUP, "-", "+", 1000)
+    since_freeze = (time.monotonic() - frozen_at) * 1000
+    return min(e["time_since_delivered"] for e in entries) - since_freeze if entries else 0
+
+
+def _storm_events(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
+    """(manifest pushes, deletes, pulls): the first two go through the inbox to a worker."""
+    def event(action: str, i: int, **target: str) -> dict:
+        return {"id": str(uuid.UUID(int=rng.getrandbits(128))), "action": action,
+                "timestamp": "2026-11-28T00:00:00Z",
+                "target": {"repository": f"storm/app{i % 50}", **target}}
+
+    pushes = [event("push", i, mediaType=oci.OCI_MANIFEST, digest="sha256:" + f"{i:064x}",
+                    tag=f"build-{i}") for i in range(3000)]
+    deletes = [event("delete", i, digest="sha256:" + f"{10**6 + i:064x}",
+                     **({"tag": f"gone-{i}"} if i % 2 else {})) for i in range(1500)]
+    pulls = [event("pull", i, mediaType=oci.OCI_MANIFEST, digest="sha256:" + f"{i:064x}")
+             for i in range(3000)]
+    return pushes, deletes, pulls
+
+
 def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
-    stack = start_fault_stack(tmp_path)
+    """Manifest pushes and deletes go through the inbox (a consumer group) to a worker, which
+    is SIGKILLed while it holds claimed entries; a new worker claims them (after the inbox's
+    60 s idle time) and every valid event ends up recorded exactly once."""
+    stack = start_fault_stack(tmp_path, TAGWARDEN_JOB_MONITORING_INTERVAL="1",
+                              TAGWARDEN_WORKER_MAINTENANCE_INTERVAL="5")
     try:
+        _policy(stack)  # scan_on_push off: the storm's digests are not in the registry
         rng = random.Random(42)
-        unique = [{"id": str(uuid.UUID(int=rng.getrandbits(128))), "action": "pull",
-                   "timestamp": "2026-11-28T00:00:00Z",
-                   "target": {"repository": f"storm/app{i % 50}", "mediaType": oci.OCI_MANIFEST,
-                              "digest": "sha256:" + f"{i:064x}"}} for i in range(7500)]
+        pushes, deletes, pulls = _storm_events(rng)
+        unique = pushes + deletes + pulls
+        rng.shuffle(unique)
         duplicates = [rng.choice(unique) for _ in range(2000)]
         malformed = [{"id": f"bad-{i}", "action": "explode"} for i in range(500)]
         envelopes = unique + duplicates + malformed
@@ -331,35 +435,77 @@ def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
         url = f"{stack.gw_url}/api/v1/webhooks/registry"
         headers = {"Authorization": f"Bearer {procs.WEBHOOK_TOKEN}",
                    "Content-Type": "application/vnd.docker.distribution.events.v1+json"}
+        client = stack.redis_client()
+        inbox = Inbox(client)
         before = stack.gateway.rss()
         local = threading.local()
+        sent = [0]
 
         def send(event: dict) -> int:
             if not hasattr(local, "s"):
                 local.s = requests.Session()
-            return local.s.post(url, data=json.dumps({"events": [event]}), headers=headers,
-                                timeout=30).status_code
+            status = local.s.post(url, data=json.dumps({"events": [event]}), headers=headers,
+                                  timeout=30).status_code
+            sent[0] += 1
+            return status
+
+        def claimed() -> dict | None:
+            pending = client.xpending(inbox.stream, GROUP)
+            return pending if pending["pending"] else None
 
         with procs.PeakRss(stack.gateway.pid) as peak, ThreadPoolExecutor(max_workers=16) as pool:
-            statuses = list(pool.map(send, envelopes))
+            futures = [pool.submit(send, e) for e in envelopes]
+            wait_for(lambda: sent[0] >= len(envelopes) // 4 and claimed(), timeout=120,
+                     interval=0.01)
+            for _ in range(500):  # freeze the worker (and its work-horse) mid-batch
+                frozen, frozen_at = _freeze(stack.worker), time.monotonic()
+                at_kill = claimed()
+                if at_kill and _held_before(client, inbox, frozen_at) >= HELD_MS:
+                    break
+                for p in frozen:  # between batches, or a batch just read: let it go on
+                    p.send_signal(signal.SIGCONT)
+                at_kill = None
+                time.sleep(0.01)
+            assert at_kill, "the worker was never caught working on claimed inbox entries"
+            killed_at = sent[0]
+            pending_ids = [e["message_id"] for e in client.xpending_range(
+                inbox.stream, GROUP, "-", "+", at_kill["pending"])]
+            _kill_all(frozen)
+            stack.worker.stop()  # reaps it
+            stack.worker = procs.worker_process(tmp_path / "worker2", stack.env, name="worker2")
+            statuses = [f.result() for f in futures]
         assert statuses.count(200) == len(envelopes)
-        client = stack.redis_client()
+        assert killed_at < len(envelopes)  # the storm went on after the kill
+        horses = {f"{socket.gethostname()}-{p.pid}" for p in frozen}
+        assert [c["name"] for c in at_kill["consumers"]] and all(
+            c["name"] in horses for c in at_kill["consumers"])  # held by the killed worker
+        claimed_events = {json.loads(f["d"])["id"] for _, f in (
+            client.xrange(inbox.stream, i, i)[0] for i in pending_ids)}
+        assert len(claimed_events) == len(pending_ids) > 0
+
+        def drained() -> bool:
+            return (client.xpending(inbox.stream, GROUP)["pending"] == 0
+                    and inbox.backlog() == 0)
+
+        wait_for(drained, timeout=150, interval=0.5)  # the new worker claimed and processed
+        recorded = Counter(json.loads(f["d"])["id"] for _, f in client.xrange(key("events")))
+        assert {i: n for i, n in recorded.items() if n != 1} == {}  # each recorded once
+        assert set(recorded) == {e["id"] for e in unique}
+        assert claimed_events <= set(recorded)
+        assert all(c["pending"] == 0 for c in client.xinfo_consumers(inbox.stream, GROUP))
+        learned = {(e["target"]["repository"], e["target"]["tag"]): e["target"]["digest"]
+                   for e in pushes}
+        assert {k: client.hget(tagmap.map_key(k[0]), k[1]) for k in learned} == learned
         events = EventStore(client)
-
-        def all_recorded():
-            return client.xlen("tw:events") >= len(unique)
-
-        wait_for(all_recorded, timeout=120, interval=0.5)
-        time.sleep(1)
-        recorded_ids = [json.loads(f["d"])["id"] for _, f in client.xrange("tw:events")]
-        assert len(recorded_ids) == len(set(recorded_ids)) == len(unique)
-        assert set(recorded_ids) == {e["id"] for e in unique}
         assert events.counters().get("webhook.malformed") == len(malformed)
+        assert "webhook.failed" not in events.counters()
         growth = peak.peak - before
         assert growth < 64 * 1024 * 1024, growth
         report("webhook storm", sent=len(envelopes), acknowledged=statuses.count(200),
-               recorded=len(recorded_ids), duplicates_dropped=len(duplicates),
-               malformed_counted=len(malformed), lost=0, rss_growth_mib=round(growth / 2**20, 1))
+               via_inbox=len(pushes) + len(deletes), killed_after=killed_at,
+               claimed_at_kill=len(pending_ids), recorded=sum(recorded.values()),
+               duplicates_dropped=len(duplicates), malformed_counted=len(malformed), lost=0,
+               rss_growth_mib=round(growth / 2**20, 1))
     finally:
         stack.stop()
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import signal
+import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from rq import SimpleWorker
@@ -13,9 +16,11 @@ from rq import SimpleWorker
 from service import jobs
 from service.config import Settings
 from service.services import Services
-from tests.helpers import oci, procs
-from tests.integration.conftest import Stack
+from service.store.promotions import LOCK_TIMEOUT
+from tests.helpers import procs
+from tests.integration.conftest import Stack, start_stack
 from tests.integration.test_promotions import POLICY, push, registry_digest
+from tests.integration.test_webhooks import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -69,49 +74,79 @@ def test_fifty_concurrent_promotions_across_two_gateways_agree(
         assert newer["previous_digest"] == older["digest"]
 
 
-def test_crash_between_registry_and_redis_is_repaired_by_reconciliation(
-        stack: Stack, policy, tmp_path: Path, monkeypatch):
-    repo = "promo/crash"
-    one = push(stack, tmp_path, "crash-1", f"{repo}:v1.0.0")
-    two = push(stack, tmp_path, "crash-2", f"{repo}:v2.0.0")
-    first = stack.admin().post(f"{stack.gw_url}/api/v1/promotions", json={
-        "repository": repo, "environment": "develop", "tag": "v1.0.0"}, timeout=10)
-    assert first.status_code == 201
-    svc = _svc(stack)
-    # what a gateway does right before dying: intent written, registry written, no commit
-    from service.promotions import _record
-
-    manifest = svc.registry.get_manifest(repo, two.digest)
-    record = _record("promotion", repo, "develop", manifest, one.digest, {"tag": "v2.0.0"},
-                     ["v2.0.0"], "ci", None, "promo")
-    svc.promotions.write_intent({"record": record, "created_ms": 1, "repository": repo,
-                                 "environment": "develop",
-                                 "idempotency": {"key": "anonymous:crashed", "fp": "x"}})
-    svc.registry.put_manifest(repo, "develop", manifest)
-    # and an intent whose registry write never happened
-    ghost = _record("promotion", repo, "staging", manifest, None, {"tag": "v2.0.0"}, [],
-                    "ci", None, "promo")
-    svc.promotions.write_intent({"record": ghost, "created_ms": 2, "repository": repo,
-                                 "environment": "staging", "idempotency": None})
+def _reconcile(stack: Stack, monkeypatch) -> dict:
+    """One reconciliation pass run to the end here (the stack has no worker); its result."""
+    from workers.context import services
 
     for name, value in stack.env.items():
         monkeypatch.setenv(name, value)
-    # a queue the stack's own worker does not serve: the pass below runs here, to the end
-    monkeypatch.setenv("TAGWARDEN_QUEUE", "crash-repair")
+    monkeypatch.setenv("TAGWARDEN_QUEUE", "crash-repair")  # not the pushes' drains and scans
     svc = Services.build(Settings.from_env())
-    from workers.context import services
-
     services.cache_clear()
-    jobs.enqueue_reconcile(svc.queue)
+    job = jobs.enqueue_reconcile(svc.queue)
     SimpleWorker([svc.queue], connection=svc.rq_redis).work(burst=True)
     services.cache_clear()
+    return job.return_value()
 
-    assert svc.environments.digests(repo) == {"develop": two.digest}
-    newest = svc.promotions.recent(repo, "develop", 5)
-    assert [r["id"] for r in newest] == [record["id"], first.json()["id"]]
-    assert svc.promotions.recent(repo, "staging", 5) == []
-    assert svc.promotions.pending_intents() == []
-    assert registry_digest(stack, repo, "develop") == two.digest
-    replay = json.loads(svc.redis.get("tw:idem:anonymous:crashed"))
-    assert replay["body"]["id"] == record["id"]
-    assert oci.sha256_digest(manifest.body) == two.digest
+
+def test_crash_between_registry_and_redis_is_repaired_by_reconciliation(
+        tmp_path: Path, monkeypatch):
+    """A real gunicorn worker is SIGKILLed after writing the environment tag to the registry
+    and before the commit to Redis; reconciliation turns its intent into exactly one history
+    record, and the client's retry with its Idempotency-Key gets that record."""
+    stack = start_stack(tmp_path, worker=False, TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE="3")
+    try:
+        assert stack.admin().put(f"{stack.gw_url}/api/v1/policies/promo", json=POLICY,
+                                 timeout=10).status_code == 200
+        repo = "promo/crash"
+        one = push(stack, tmp_path, "crash-1", f"{repo}:v1.0.0")
+        two = push(stack, tmp_path, "crash-2", f"{repo}:v2.0.0")
+        first = stack.admin().post(f"{stack.gw_url}/api/v1/promotions", json={
+            "repository": repo, "environment": "develop", "tag": "v1.0.0"}, timeout=30)
+        assert first.status_code == 201
+        body = {"repository": repo, "environment": "develop", "tag": "v2.0.0"}
+        key = {"Idempotency-Key": f"crash-{uuid.uuid4().hex}"}
+        outcome: list = []
+
+        def attempt() -> None:
+            try:
+                outcome.append(stack.admin().post(f"{stack.gw_url}/api/v1/promotions",
+                                                  json=body, headers=key, timeout=30))
+            except requests.RequestException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=attempt)
+        thread.start()
+        wait_for(lambda: registry_digest(stack, repo, "develop") == two.digest, timeout=20,
+                 interval=0.05)
+        for child in psutil.Process(stack.gateway.pid).children():
+            child.send_signal(signal.SIGKILL)  # the gunicorn worker, in its post-write pause
+        thread.join(30)
+        assert len(outcome) == 1 and (isinstance(outcome[0], requests.RequestException)
+                                      or outcome[0].status_code >= 500), outcome
+        svc = _svc(stack)
+        intent = svc.promotions.intent(repo, "develop")
+        assert intent is not None and intent["record"]["digest"] == two.digest
+        assert svc.environments.digests(repo) == {"develop": one.digest}  # not committed
+        assert [r["id"] for r in svc.promotions.recent(repo, "develop", 5)] == [
+            first.json()["id"]]
+
+        # the dead worker's lock still guards the environment until it expires; until then a
+        # pass leaves the intent to what looks like a live promotion
+        wait_for(lambda: not svc.promotions.lock(repo, "develop").locked(),
+                 timeout=LOCK_TIMEOUT + 5, interval=0.2)
+        repaired = _reconcile(stack, monkeypatch)
+        assert repaired["finished"] == [intent["record"]["id"]]
+        assert svc.promotions.pending_intents() == []
+        assert svc.environments.digests(repo) == {"develop": two.digest}
+        history = [r["id"] for r in svc.promotions.recent(repo, "develop", 5)]
+        assert history == [intent["record"]["id"], first.json()["id"]]
+        assert registry_digest(stack, repo, "develop") == two.digest
+        again = _reconcile(stack, monkeypatch)  # exactly once: nothing left to finish
+        assert (again["finished"], again["dropped"]) == ([], 0)
+        retry = stack.admin().post(f"{stack.gw_url}/api/v1/promotions", json=body,
+                                   headers=key, timeout=30)
+        assert retry.status_code == 201 and retry.json()["id"] == intent["record"]["id"]
+        assert [r["id"] for r in svc.promotions.recent(repo, "develop", 5)] == history
+    finally:
+        stack.stop()

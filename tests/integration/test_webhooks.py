@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from service.jobs import delivery_intervals
 from tests.helpers import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push, registry_digest
@@ -50,11 +51,13 @@ class Receiver:
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.requests: list[tuple[dict, bytes]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server naming
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.arrivals.append(time.monotonic())
                 outer.requests.append((dict(self.headers), body))
                 self.send_response(outer.status)
                 self.send_header("Content-Length", "2")
@@ -144,6 +147,10 @@ def test_subscription_receives_signed_promotion_event(stack: Stack, policy, tmp_
 
 
 def test_failing_endpoint_is_retried_with_backoff(stack: Stack, policy, tmp_path: Path):
+    """Five attempts in all, the gaps between them growing by the configured factor (x3 from
+    TAGWARDEN_DELIVERY_BACKOFF), no sixth one after the next backoff would have passed, and
+    the delivery ends `failed` with every attempt recorded."""
+    base = int(stack.env["TAGWARDEN_DELIVERY_BACKOFF"])
     receiver = Receiver(500)
     try:
         sub = stack.admin().post(f"{stack.gw_url}/api/v1/subscriptions", json={
@@ -154,18 +161,21 @@ def test_failing_endpoint_is_retried_with_backoff(stack: Stack, policy, tmp_path
             "repository": "hooks/failing", "environment": "develop", "tag": "v1.0.0"},
             timeout=10).status_code == 201
         url = f"{stack.gw_url}/api/v1/subscriptions/{sub['id']}/deliveries"
-
-        def three_attempts():
-            items = stack.admin().get(url, timeout=10).json()["items"]
-            return items if items and len(items[0]["attempts"]) >= 3 else None
-
-        delivery = wait_for(three_attempts, timeout=40)[0]
-        assert delivery["status"] == "retrying"
-        assert [a["status"] for a in delivery["attempts"][:3]] == [500, 500, 500]
-        times = [time.mktime(time.strptime(a["at"][:19], "%Y-%m-%dT%H:%M:%S"))
-                 for a in delivery["attempts"][:3]]
-        assert times[2] - times[1] >= times[1] - times[0]  # the gaps grow
-        assert len(receiver.requests) >= 3
+        backoffs = delivery_intervals(base)  # between attempts 1-2, ..., 4-5
+        wait_for(lambda: len(receiver.arrivals) >= 5, timeout=sum(backoffs) + 30, interval=0.1)
+        time.sleep(base * 3 ** len(backoffs) + 5)  # past the backoff a sixth attempt would use
+        assert len(receiver.requests) == 5
+        gaps = [b - a for a, b in zip(receiver.arrivals, receiver.arrivals[1:], strict=False)]
+        ratios = [b / a for a, b in zip(gaps, gaps[1:], strict=False)]
+        # each gap grows; RQ's scheduler enqueues on a 1 s tick, which blurs the first ratio
+        # (1 s vs 3 s backoff) but hardly the later ones (x3 configured)
+        assert all(r > 1.2 for r in ratios) and min(ratios[1:]) > 2, (gaps, ratios)
+        items = stack.admin().get(url, timeout=10).json()["items"]
+        assert len(items) == 1
+        delivery = items[0]
+        assert delivery["status"] == "failed"
+        assert [a["status"] for a in delivery["attempts"]] == [500] * 5
+        assert {h["X-Tagwarden-Delivery"] for h, _ in receiver.requests} == {delivery["id"]}
     finally:
         receiver.close()
 
