@@ -400,20 +400,60 @@ def _held_before(client, inbox: Inbox, frozen_at: float) -> float:  # noqa: ANN0
     return min(e["time_since_delivered"] for e in entries) - since_freeze if entries else 0
 
 
+def _storm_manifest(i: int) -> bytes:
+    """A unique empty index (needs no blobs) for the storm's push `i`."""
+    return json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [],
+                       "annotations": {"storm": str(i)}}).encode()
+
+
+def _seed_storm_tags(stack: Stack, count: int) -> None:
+    """Write the storm's tags straight to the registry (its events are checked against it),
+    let the registry's own notifications drain, then make the gateway forget the tags so
+    only the storm's events can teach them again."""
+    def put(i: int) -> int:
+        return requests.put(f"{stack.reg_url}/v2/storm/app{i % 50}/manifests/build-{i}",
+                            data=_storm_manifest(i), timeout=30,
+                            headers={"Content-Type": oci.OCI_INDEX}).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(put, range(count))) == {201}
+    client = stack.redis_client()
+    inbox = Inbox(client)
+
+    def quiet() -> bool:
+        return client.xpending(inbox.stream, GROUP)["pending"] == 0 and inbox.backlog() == 0
+
+    settled = [0]
+
+    def learned_all() -> bool:  # the registry's notifications of the seeding, processed
+        settled[0] = sum(client.hlen(tagmap.map_key(f"storm/app{j}")) for j in range(50))
+        return settled[0] == count and quiet()
+
+    wait_for(learned_all, timeout=180, interval=0.5)
+    client.delete(*[tagmap.map_key(f"storm/app{j}") for j in range(50)],
+                  *[tagmap.complete_key(f"storm/app{j}") for j in range(50)])
+
+
 def _storm_events(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
-    """(manifest pushes, deletes, pulls): the first two go through the inbox to a worker."""
+    """(manifest pushes, deletes, pulls): the first two go through the inbox to a worker.
+    The pushes name tags the registry really holds (seeded first); the deletes name what it
+    does not hold, so the registry bears both out."""
     def event(action: str, i: int, **target: str) -> dict:
         return {"id": str(uuid.UUID(int=rng.getrandbits(128))), "action": action,
-                "timestamp": "2026-11-28T00:00:00Z",
+                "timestamp": STORM_TIME,
                 "target": {"repository": f"storm/app{i % 50}", **target}}
 
-    pushes = [event("push", i, mediaType=oci.OCI_MANIFEST, digest="sha256:" + f"{i:064x}",
-                    tag=f"build-{i}") for i in range(3000)]
+    pushes = [event("push", i, mediaType=oci.OCI_INDEX, digest=oci.sha256_digest(
+        _storm_manifest(i)), tag=f"build-{i}") for i in range(STORM_PUSHES)]
     deletes = [event("delete", i, digest="sha256:" + f"{10**6 + i:064x}",
                      **({"tag": f"gone-{i}"} if i % 2 else {})) for i in range(1500)]
     pulls = [event("pull", i, mediaType=oci.OCI_MANIFEST, digest="sha256:" + f"{i:064x}")
              for i in range(3000)]
     return pushes, deletes, pulls
+
+
+STORM_PUSHES = 3000
+STORM_TIME = "2026-11-28T00:00:00Z"
 
 
 def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
@@ -423,7 +463,10 @@ def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
     stack = start_fault_stack(tmp_path, TAGWARDEN_JOB_MONITORING_INTERVAL="1",
                               TAGWARDEN_WORKER_MAINTENANCE_INTERVAL="5")
     try:
-        _policy(stack)  # scan_on_push off: the storm's digests are not in the registry
+        _policy(stack)  # scan_on_push off: the storm is about events, not scans
+        _seed_storm_tags(stack, STORM_PUSHES)
+        seeded = {json.loads(f["d"])["id"]
+                  for _, f in stack.redis_client().xrange(key("events"))}
         rng = random.Random(42)
         pushes, deletes, pulls = _storm_events(rng)
         unique = pushes + deletes + pulls
@@ -488,7 +531,10 @@ def test_webhook_storm_records_each_valid_event_once(tmp_path: Path):
                     and inbox.backlog() == 0)
 
         wait_for(drained, timeout=150, interval=0.5)  # the new worker claimed and processed
-        recorded = Counter(json.loads(f["d"])["id"] for _, f in client.xrange(key("events")))
+        # the storm's own events (the registry's real ones, e.g. the pulls its HEADs of the
+        # verification emit, carry the time they happened)
+        recorded = Counter(e["id"] for e in (json.loads(f["d"]) for _, f in client.xrange(
+            key("events"))) if e["id"] not in seeded and e.get("timestamp") == STORM_TIME)
         assert {i: n for i, n in recorded.items() if n != 1} == {}  # each recorded once
         assert set(recorded) == {e["id"] for e in unique}
         assert claimed_events <= set(recorded)
