@@ -15,7 +15,8 @@ from service.domain.durations import format_time
 from service.services import Services
 
 EVENT_TYPES = ("promotion.succeeded", "promotion.denied", "rollback.succeeded",
-               "scan.completed", "scan.failed", "push.denied", "drift.detected")
+               "scan.completed", "scan.failed", "push.denied", "drift.detected",
+               "retention.deleted")
 LINKS = {"promotion.succeeded": "promotions", "rollback.succeeded": "promotions",
          "scan.completed": "scans", "scan.failed": "scans"}
 

@@ -38,6 +38,7 @@ AUDITED = {
     "events.delete_subscription": "subscription.delete",
     "events.redeliver": "delivery.redeliver",
     "tag_bindings.release_binding": "tag_binding.release",
+    "retention.create_run": "retention.run",
 }
 
 

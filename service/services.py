@@ -18,6 +18,7 @@ from service.store.inbox import Inbox
 from service.store.manifests import ManifestRefs
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.retention import RetentionStore
 from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
@@ -47,6 +48,7 @@ class Services:
     audit: AuditStore
     scans: ScanStore
     vulndb: VulnDB
+    retention: RetentionStore
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -76,4 +78,5 @@ class Services:
             audit=AuditStore(client),
             scans=ScanStore(client),
             vulndb=VulnDB(client),
+            retention=RetentionStore(client),
         )

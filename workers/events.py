@@ -78,6 +78,7 @@ def _settled(svc: Services, repository: str, tag: str, digest: str) -> str | Non
 def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
     """Learn the tag, heal environment/immutable tags moved behind the gateway's back, scan."""
     repository, digest, tag = event["repository"], event["digest"], event.get("tag")
+    svc.retention.mark_pushed(repository, digest)  # also pushes behind the gateway's back
     policy = governance.policy_for(svc, repository)
     if tag and tag in policy.environments:
         if check_environment_tag(svc, repository, tag, digest):

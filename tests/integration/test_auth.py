@@ -165,6 +165,10 @@ EXPECTED: dict[tuple[str, str], tuple[str, Request]] = {
         "reader", lambda w: (f"/api/v1/tag-bindings?repository={TEAM}", None)),
     ("DELETE", "/api/v1/tag-bindings"): ("admin", lambda w: (
         f"/api/v1/tag-bindings?repository={TEAM}&tag=v0.0.1", {"reason": "role table"})),
+    ("POST", "/api/v1/retention/runs"): ("admin", lambda w: (
+        "/api/v1/retention/runs", {"repository": "team-a/none-*", "dry_run": True})),
+    ("GET", "/api/v1/retention/runs/<string:run_id>"): (
+        "reader", lambda w: ("/api/v1/retention/runs/ret_unknown", None)),
     ("POST", "/api/v1/webhooks/registry"): (WEBHOOK, lambda w: (
         "/api/v1/webhooks/registry", {"events": []})),
 }

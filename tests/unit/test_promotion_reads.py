@@ -20,6 +20,7 @@ from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.retention import RetentionStore
 from service.store.scans import ScanStore
 from service.store.tagmap import TagMap
 from service.store.vulndb import VulnDB
@@ -53,7 +54,8 @@ def svc() -> SimpleNamespace:
     return SimpleNamespace(redis=r, tags=TagMap(r), bindings=TagBindings(r),
                            promotions=PromotionStore(r), scans=ScanStore(r),
                            environments=EnvironmentStore(r),
-                           policies=PolicyStore(r), vulndb=VulnDB(r), registry=Registry({}))
+                           policies=PolicyStore(r), vulndb=VulnDB(r), registry=Registry({}),
+                           retention=RetentionStore(r))
 
 
 def tags_of(svc: SimpleNamespace, digest: str, source_tag: str | None = None) -> list[str]:
