@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from service.schemas.common import StrictSchema
 from service.schemas.policy import StrictBoolean, _check_glob
@@ -10,11 +10,18 @@ from service.schemas.policy import StrictBoolean, _check_glob
 STATUSES = ("queued", "running", "succeeded", "failed")
 
 
+def _check_repository_glob(value: str) -> None:
+    """A repository name or glob: path components, never empty or `..`."""
+    _check_glob(value)
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        raise ValidationError("a repository glob is /-separated names; no empty, . or .. parts")
+
+
 class RetentionRunRequestSchema(StrictSchema):
     """Start a run over the repositories a glob matches (all governed ones when absent);
     a dry run (the default) only reports."""
 
-    repository = fields.String(load_default=None, validate=_check_glob,
+    repository = fields.String(load_default=None, validate=_check_repository_glob,
                                metadata={"description": "a repository name or glob"})
     dry_run = StrictBoolean(load_default=True)
 
