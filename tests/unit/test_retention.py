@@ -401,3 +401,34 @@ def test_a_run_never_deletes_what_it_must_keep(first: list, second: list,
     if rules.keep_per_environment:  # rolling back to the previous digest works everywhere
         for env in ENVS:
             model.rollback(env, strict=True)
+
+
+# -- the schedule ---------------------------------------------------------------------------
+class Queue:
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, tuple]] = []
+
+    def enqueue(self, func: str, *args: Any, **kwargs: Any) -> None:
+        self.jobs.append((func, args))
+
+
+def test_a_schedule_starts_one_real_run_per_cron_slot() -> None:
+    from datetime import UTC, datetime
+
+    from service.store.policies import PolicyStore
+
+    r = fakeredis.FakeRedis(decode_responses=True)
+    svc = SimpleNamespace(policies=PolicyStore(r), retention=RetentionStore(r), queue=Queue())
+    svc.policies.put(load_policy({**BASE, "retention": {"schedule": "0 3 * * *"}}))
+    svc.policies.put(load_policy({"name": "manual", "repositories": ["m/*"],
+                                  "retention": {}}))  # no schedule: on demand only
+    at = datetime(2026, 12, 1, 3, 0, 20, tzinfo=UTC)
+    started = retention.due(svc, at)  # type: ignore[arg-type]
+    assert [(s["policy"], s["dry_run"], s["trigger"]) for s in started] == [
+        ("team", False, "schedule")]
+    assert svc.queue.jobs == [("workers.retention.run_retention", (started[0]["id"],))]
+    assert svc.retention.run(started[0]["id"])["status"] == "queued"
+    # another worker's tick in the same slot, and a tick long after it: nothing more
+    assert retention.due(svc, datetime(2026, 12, 1, 3, 1, 0, tzinfo=UTC)) == []  # type: ignore[arg-type]
+    assert retention.due(svc, datetime(2026, 12, 1, 4, 0, 0, tzinfo=UTC)) == []  # type: ignore[arg-type]
+    assert len(retention.due(svc, datetime(2026, 12, 2, 3, 0, 0, tzinfo=UTC))) == 1  # type: ignore[arg-type]
