@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server docker-registry skopeo nginx
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration bench lint system-deps venv clean
+.PHONY: run test unit integration bench conformance lint system-deps venv clean
 
 system-deps:
 	@missing=""; \
@@ -49,6 +49,12 @@ integration: system-deps venv
 
 bench: system-deps venv
 	$(BIN)/python -m bench
+
+# the OCI distribution-spec conformance suite, through the gateway and against the bare
+# registry (a dev tool, not in `make test`): OCI_CONFORMANCE_BIN=/path/to/conformance.test
+conformance: system-deps venv
+	@test -n "$(OCI_CONFORMANCE_BIN)" || { echo "set OCI_CONFORMANCE_BIN to the conformance test binary" >&2; exit 2; }
+	$(BIN)/python -m bench.conformance
 
 lint: venv
 	$(BIN)/ruff check service workers tests bench

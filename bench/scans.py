@@ -151,7 +151,9 @@ def import_vulndb(stack: BenchStack) -> None:
 
     directory = fixtures.write_osv_dir(stack.workdir / "osv", fixtures.osv_fixture_records())
     tagwarden = str(Path(sys.executable).parent / "tagwarden")
-    done = subprocess.run([tagwarden, "vulndb", "import", str(directory)], env=stack.env,
+    env = {**stack.env, "TAGWARDEN_URL": f"http://127.0.0.1:{stack.gw_port}",
+           "TAGWARDEN_TOKEN": stack.env["TAGWARDEN_ADMIN_TOKEN"]}
+    done = subprocess.run([tagwarden, "vulndb", "import", str(directory)], env=env,
                           capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"vulndb import failed: {done.stderr[-500:]}")

@@ -136,6 +136,7 @@ API_RULES: dict[str, tuple[str, str]] = {
     "events.create_subscription": ("admin", ""),
     "events.delete_subscription": ("admin", ""),
     "events.redeliver": ("admin", ""),
+    "scans.import_vulndb": ("admin", ""),
     "retention.create_run": ("admin", "repository"),
 }
 

@@ -37,7 +37,7 @@ def _upstream_next(link: str | None, repositories: list[str]) -> str | None:
     return values[0] if values else repositories[-1]
 
 
-def _scan(client: RegistryClient, last: str, wanted: int, keep: Callable[[str], bool]
+def scan(client: RegistryClient, last: str, wanted: int, keep: Callable[[str], bool]
           ) -> list[str]:
     """Up to `wanted` repositories after `last` that `keep` accepts, in catalog order."""
     found: list[str] = []
@@ -72,7 +72,7 @@ def answer(client: RegistryClient, keep: Callable[[str], bool] | None) -> Respon
                        {"n": raw_n[:20]})
     # a thousand-digit `n` is just "as many as allowed" (int() refuses past 4300 digits)
     n = DEFAULT_N if raw_n is None else MAX_N if len(raw_n) > 6 else min(int(raw_n), MAX_N)
-    found = _scan(client, last, n + 1, keep or (lambda _: True)) if n else []
+    found = scan(client, last, n + 1, keep or (lambda _: True)) if n else []
     page = found[:n]
     body = b"" if request.method == "HEAD" else json.dumps({"repositories": page}).encode()
     resp = Response(body, status=200, content_type="application/json; charset=utf-8")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -86,23 +88,37 @@ CI_SYSTEMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
-def ci_idempotency_key(repository: str, environment: str, source: dict[str, str],
-                       env: dict[str, str] | None = None) -> tuple[str, str] | None:
-    """(key, where it came from) for a promotion run by a known CI system, else None.
-    Stable across retries of the same step; different for another repository, target or
-    source, and for another pipeline run."""
+def ci_run(env: dict[str, str] | None = None) -> tuple[str, str, str, dict[str, str]] | None:
+    """(system, run id, "VAR=value", step variables) of the CI run this process is part of."""
     env = os.environ if env is None else env
     for name, run_var, step_vars in CI_SYSTEMS:
         run_id = env.get(run_var, "").strip()
-        if not run_id:
-            continue
-        material = {"v": 1, "ci": name, "run": run_id,
-                    "step": {var: env.get(var, "") for var in step_vars},
-                    "repository": repository, "environment": environment, "source": source}
-        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(canonical.encode()).hexdigest()[:48]
-        return f"tagwarden-{name}-{digest}", f"{run_var}={run_id}"
+        if run_id:
+            return name, run_id, f"{run_var}={run_id}", {v: env.get(v, "") for v in step_vars}
     return None
+
+
+def ci_run_prefix(system: str, run_id: str) -> str:
+    """What every key derived within one CI run starts with (how a rollback step finds the
+    promotions its own run made)."""
+    material = json.dumps({"v": 2, "ci": system, "run": run_id}, sort_keys=True)
+    return f"tagwarden-{system}-{hashlib.sha256(material.encode()).hexdigest()[:16]}-"
+
+
+def ci_idempotency_key(repository: str, environment: str, source: dict[str, str],
+                       env: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """(key, where it came from) for a call made by a known CI system, else None.
+    Stable across retries of the same step; different for another repository, target or
+    source, and for another pipeline run."""
+    run = ci_run(env)
+    if run is None:
+        return None
+    system, run_id, where, step = run
+    material = {"v": 2, "step": step, "repository": repository, "environment": environment,
+                "source": source}
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return ci_run_prefix(system, run_id) + digest, where
 
 
 def _print_json(body: Any) -> None:
@@ -245,14 +261,25 @@ def cmd_promote(args: argparse.Namespace) -> int:
         print("\n".join(_violation_lines(record.get("violations") or [], record.get("policy"),
                                          "DENIED")))
         return 2
-    if args.json:
-        _print_json(record)
-        return 0
     same = record.get("previous_digest") == record.get("digest")
-    print(f"promoted {record.get('repository')} to {record.get('environment')}: "
-          f"{record.get('digest')}" + (" (unchanged, recorded again)" if same else ""))
-    _print_record(record)
+    _print_done(args, client, record,
+                f"promoted {record.get('repository')} to {record.get('environment')}: "
+                f"{record.get('digest')}" + (" (unchanged, recorded again)" if same else ""))
     return 0
+
+
+def _print_done(args: argparse.Namespace, client: Any, record: dict[str, Any], line: str
+                ) -> None:
+    """The answer's line (after `replayed: ` when it is the first attempt's answer again)."""
+    if client.replayed:
+        line = f"replayed: {line} (the first answer to this Idempotency-Key; nothing changed now)"
+    if args.json:
+        if client.replayed:
+            print(line, file=sys.stderr)
+        _print_json(record)
+        return
+    print(line)
+    _print_record(record)
 
 
 def _print_record(record: dict[str, Any]) -> None:
@@ -265,6 +292,36 @@ def _print_record(record: dict[str, Any]) -> None:
         print(f"  {label:<9} {value if value is not None else '-'}")
 
 
+def _rollback_expectation(client: Any, args: argparse.Namespace, key: str,
+                          run: tuple[str, str, str, dict[str, str]]) -> tuple[str | None, str]:
+    """(expected digest, where it came from) for a rollback run in CI, the same on every retry:
+    the digest before this step's own earlier rollback when there was one (its retry then
+    replays), else the digest this CI run promoted into the environment, else (a run that
+    only rolls back) what the environment points to now."""
+    items = client.promotions(args.repository, args.env, 500).get("items") or []
+    for record in items:
+        if record.get("kind") == "rollback" and record.get("idempotency_key") == key:
+            return record.get("previous_digest"), f"this step's rollback {record.get('id')}"
+    from service.client import ApiError
+
+    prefix = ci_run_prefix(run[0], run[1])
+    for record in items:
+        if record.get("kind") != "rollback" and str(record.get("idempotency_key") or ""
+                                                     ).startswith(prefix):
+            newest = items[0]
+            if newest.get("id") != record.get("id"):  # the environment moved on since
+                raise ApiError(409, {"code": "conflict", "message": (
+                    f"{args.env} of {args.repository} has moved since {run[2]} promoted "
+                    f"{record.get('digest')} ({record.get('id')}): the newest record is "
+                    f"{newest.get('kind')} {newest.get('id')} by {newest.get('actor')} to "
+                    f"{newest.get('digest')}; nothing was rolled back")})
+            return record.get("digest"), f"what {run[2]} promoted ({record.get('id')})"
+    state = client.environments(args.repository)
+    current = next((e.get("digest") for e in state.get("environments") or []
+                    if e.get("name") == args.env), None)
+    return current, f"what {args.env} pointed to when {run[2]} first rolled back"
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     """POST /api/v1/rollbacks."""
     body: dict[str, Any] = {"repository": args.repository, "environment": args.env,
@@ -272,15 +329,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.reason is not None:
         body["reason"] = args.reason
     client = _client(args)
-    record, failed = _call(args, lambda: client.rollback(body))
+    key, expected, hint = args.idempotency_key, args.expected_digest, None
+    run = ci_run()
+    if key is None and run is not None:
+        key = ci_idempotency_key(args.repository, args.env, {"rollback": args.to})[0]  # type: ignore[index]
+        hint = (f"the Idempotency-Key was derived from the CI run ({run[2]}); "
+                "pass --idempotency-key to choose another")
+    if expected is None and run is not None and key is not None:
+        derived, failed = _call(args, lambda: _rollback_expectation(client, args, key, run),
+                                "--expected-digest is derived from the CI run "
+                                f"({run[2]}); pass --expected-digest to roll back anyway")
+        if failed is not None:
+            return failed
+        expected, why = derived
+        hint = (f"the Idempotency-Key and --expected-digest {expected} ({why}) were derived "
+                f"from the CI run ({run[2]}); pass --idempotency-key or --expected-digest to "
+                "choose others")
+    if expected is not None:
+        body["expected_digest"] = expected
+    record, failed = _call(args, lambda: client.rollback(body, key), hint)
     if failed is not None:
         return failed
-    if args.json:
-        _print_json(record)
-        return 0
-    print(f"rolled back {record.get('repository')} {record.get('environment')} to "
-          f"{record.get('digest')}")
-    _print_record(record)
+    _print_done(args, client, record, f"rolled back {record.get('repository')} "
+                f"{record.get('environment')} to {record.get('digest')}")
     return 0
 
 
@@ -318,8 +389,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """GET /api/v1/environments."""
+    at = args.at
+    if at is not None:
+        at = _utc_time(at)
+        if at is None:
+            print(f"error: --at {args.at!r} is not a time: use RFC 3339, e.g. "
+                  "2026-11-24T03:12:00Z (a time without a zone is read as UTC)", file=sys.stderr)
+            return 1
     client = _client(args)
-    state, failed = _call(args, lambda: client.environments(args.repository, args.at))
+    state, failed = _call(args, lambda: client.environments(args.repository, at))
     if failed is not None:
         return failed
     if args.json:
@@ -330,6 +408,19 @@ def cmd_status(args: argparse.Namespace) -> int:
              ", ".join(e.get("tags") or []) or "-"] for e in state.get("environments") or []]
     print(_table(["ENV", "DIGEST", "PROMOTED_AT", "TAGS"], rows))
     return 0
+
+
+def _utc_time(text: str) -> str | None:
+    """An RFC 3339 time for the API; a time without a zone is read as UTC (None: no time)."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -345,7 +436,7 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _api_options() -> argparse.ArgumentParser:
+def _api_options(timeout: float = 60.0) -> argparse.ArgumentParser:
     """--url, --token, --json, --timeout: shared by the CI subcommands."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("API options")
@@ -356,8 +447,8 @@ def _api_options() -> argparse.ArgumentParser:
                             "arguments are visible to other processes)")
     group.add_argument("--json", action="store_true",
                        help="print the JSON response (or error body) instead of text")
-    group.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS",
-                       help="HTTP timeout in seconds (default: 60)")
+    group.add_argument("--timeout", type=_positive(float), default=timeout, metavar="SECONDS",
+                       help=f"HTTP timeout in seconds (default: {timeout:g})")
     return parent
 
 
@@ -392,12 +483,21 @@ def add_ci_parsers(sub: Any) -> None:
     rollback = sub.add_parser(
         "rollback", parents=[api], help="roll an environment back",
         description="Move an environment back to its previous digest or to an earlier "
-                    "promotion (POST /api/v1/rollbacks).", epilog=exit_codes)
+                    "promotion (POST /api/v1/rollbacks). In CI, an Idempotency-Key and the "
+                    "expected current digest (what this run promoted) are derived from the "
+                    "run, so a retried step replays the first answer and a rollback never "
+                    "undoes another pipeline's release.", epilog=exit_codes)
     rollback.add_argument("--repository", required=True, metavar="REPO")
     rollback.add_argument("--env", required=True, metavar="ENV", help="environment to roll back")
     rollback.add_argument("--to", default="previous", metavar="previous|PROMOTION_ID",
                           help="the previous digest (default) or a promotion id of ENV")
     rollback.add_argument("--reason", metavar="TEXT")
+    rollback.add_argument("--expected-digest", metavar="D",
+                          help="refuse (409) unless ENV points to this digest now (in CI: "
+                               "derived from the run, so a retried step never rolls back twice)")
+    rollback.add_argument("--idempotency-key", metavar="KEY",
+                          help="retrying with the same key replays the first answer (in CI: "
+                               "derived from the run)")
 
     history = sub.add_parser(
         "history", parents=[api], help="promotion history, newest first",
@@ -413,7 +513,22 @@ def add_ci_parsers(sub: Any) -> None:
         description="Each environment's digest, promotion time and tags, now or at a time "
                     "(GET /api/v1/environments).")
     status.add_argument("--repository", required=True, metavar="REPO")
-    status.add_argument("--at", metavar="RFC3339", help="as it was at this time")
+    status.add_argument("--at", metavar="RFC3339",
+                        help="as it was at this time (e.g. 2026-11-24T03:12:00Z; without a "
+                             "zone: UTC)")
+
+    scan = sub.add_parser(
+        "scan", parents=[api], help="scan a tag or digest (and wait for the verdict)",
+        description="Request a scan (POST /api/v1/scans); with --wait, poll it until it has "
+                    "succeeded or failed.",
+        epilog="exit status: 0 queued (or, with --wait, succeeded), 1 failed or any error")
+    scan.add_argument("--repository", required=True, metavar="REPO")
+    what = scan.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tag", help="scan the digest this tag points to")
+    what.add_argument("--digest", metavar="sha256:...", help="scan this digest")
+    scan.add_argument("--wait", action="store_true", help="wait until the scan has finished")
+    scan.add_argument("--wait-timeout", type=_positive(float), default=1800.0,
+                      metavar="SECONDS", help="give up waiting after this long (default: 1800)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -443,8 +558,16 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--out", default="openapi.yaml", help="file to write (- for stdout)")
     vulndb = sub.add_parser("vulndb", help="manage the offline vulnerability database")
     vulndb_sub = vulndb.add_subparsers(dest="vulndb_command", required=True)
-    vimport = vulndb_sub.add_parser("import", help="load an OSV export (JSON files, all.zip)")
-    vimport.add_argument("path", help="a directory of OSV JSON files and/or all.zip archives")
+    vimport = vulndb_sub.add_parser(
+        "import", parents=[_api_options(timeout=600.0)],
+        help="load an OSV export (JSON files, all.zip) through the API",
+        description="Upload an OSV export to POST /api/v1/vulndb/imports (admin token): a zip "
+                    "is sent as it is, a directory of .json files and/or all.zip archives is "
+                    "zipped first; with --server-path, PATH is read on the gateway's host.")
+    vimport.add_argument("path", help="an OSV zip, or a directory of OSV JSON files and/or "
+                                      "all.zip archives")
+    vimport.add_argument("--server-path", action="store_true",
+                         help="PATH is on the gateway's host (nothing is uploaded)")
     vimport.add_argument("--no-rescan", action="store_true",
                          help="do not queue rescans of the digests environments point to")
     add_ci_parsers(sub)
@@ -493,22 +616,101 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _osv_zip(path: str, out: Any) -> None:
+    """Write one zip holding every OSV .json file under `path` and every .json member of the
+    .zip archives there (what the gateway imports as one database)."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".zip"))
+    if not files:
+        raise FileNotFoundError(f"no .json or .zip OSV files under {root}")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for n, file in enumerate(files):
+            if file.suffix == ".json":
+                bundle.write(file, f"{n}/{file.name}")
+                continue
+            with zipfile.ZipFile(file) as archive:
+                for member in archive.infolist():
+                    if member.filename.endswith(".json") and not member.is_dir():
+                        with archive.open(member) as src, bundle.open(
+                                f"{n}/{member.filename}", "w") as dst:
+                            shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
 def cmd_vulndb(args: argparse.Namespace) -> int:
-    """Import an OSV export (a directory of JSON and/or all.zip files) into Redis."""
-    import json
+    """Import an OSV export through the API: a zip is uploaded, a directory zipped and
+    uploaded, or (--server-path) a path on the gateway's host is named."""
+    import tempfile
 
-    from service.config import Settings
-    from service.services import Services
-    from service.vulndb_admin import import_vulndb
-
-    svc = Services.build(Settings.from_env())
-    try:
-        report = import_vulndb(svc, args.path, rescan=not args.no_rescan)
-    except FileNotFoundError as exc:
-        print(f"tagwarden vulndb import: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2))
+    client = _client(args)
+    rescan = not args.no_rescan
+    if args.server_path:
+        report, failed = _call(args, lambda: client.import_vulndb(None, args.path, rescan))
+    else:
+        if not os.path.exists(args.path):
+            print(f"error: {args.path}: no such file or directory (use --server-path for a "
+                  "path on the gateway's host)", file=sys.stderr)
+            return 1
+        with tempfile.TemporaryFile() as bundle:
+            if os.path.isdir(args.path):
+                _osv_zip(args.path, bundle)
+                bundle.seek(0)
+                upload = bundle
+            else:
+                upload = open(args.path, "rb")  # closed below
+            try:
+                report, failed = _call(args, lambda: client.import_vulndb(upload, None, rescan))
+            finally:
+                upload.close()
+    if failed is not None:
+        return failed
+    if args.json:
+        _print_json(report)
+        return 0
+    ecosystems = ", ".join(f"{k} {v}" for k, v in (report.get("ecosystems") or {}).items())
+    print(f"vulnerability database v{report.get('version')} loaded: {report.get('records')} "
+          f"records ({ecosystems or 'none'}), {report.get('skipped')} skipped; "
+          f"{report.get('rescans') or 0} rescans queued")
+    for problem in (report.get("errors") or [])[:10]:
+        print(f"  skipped: {problem}")
     return 0
+
+
+SCAN_POLL_SECONDS = 1.0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """POST /api/v1/scans, then (--wait) poll the scan until it finished."""
+    import time
+
+    client = _client(args)
+    scan, failed = _call(args, lambda: client.scan(args.repository, args.tag or args.digest))
+    if failed is not None:
+        return failed
+    deadline = time.monotonic() + args.wait_timeout
+    while args.wait and scan.get("status") in ("queued", "running"):
+        if time.monotonic() > deadline:
+            print(f"error: scan {scan.get('id')} still {scan.get('status')} after "
+                  f"{args.wait_timeout:g}s", file=sys.stderr)
+            return 1
+        time.sleep(SCAN_POLL_SECONDS)
+        scan, failed = _call(args, functools.partial(client.get_scan, str(scan["id"])))
+        if failed is not None:
+            return failed
+    if args.json:
+        _print_json(scan)
+    status = scan.get("status")
+    line = f"scan {scan.get('id')} of {args.repository} {scan.get('digest')}: {status}"
+    if status == "succeeded":
+        summary = scan.get("summary") or {}
+        line += " (" + ", ".join(f"{k} {summary.get(k, 0)}" for k in
+                                 ("critical", "high", "medium", "low", "unknown")) + ")"
+    elif status == "failed":
+        line += f": {scan.get('error')}"
+    print(line, file=sys.stderr if args.json else sys.stdout)
+    return 1 if status == "failed" else 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -521,15 +723,29 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "history": cmd_history,
     "status": cmd_status,
     "vulndb": cmd_vulndb,
+    "scan": cmd_scan,
     "openapi": cmd_openapi,
     "gc": cmd_gc,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run one subcommand."""
+    """Parse arguments and run one subcommand; a failure is one line on stderr, exit 1,
+    never a traceback."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback
+        print(f"tagwarden {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the failure (for Redis: which address could not be reached)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ Only `requests`: importing this module never imports Flask or the service itself
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -66,6 +68,7 @@ class ApiClient:
         self.session.headers["Accept"] = "application/json"
         token = (token or "").strip()
         self._secret = token
+        self.replayed = False  # the last answer carried Idempotent-Replayed: true
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -79,13 +82,13 @@ class ApiClient:
     # -- transport ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                  json_body: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+                 headers: dict[str, str] | None = None, data: Any = None) -> dict[str, Any]:
         target = f"{self.url}{path}"
         shown = redact_url(self.url)
         try:
             resp = self.session.request(
                 method, target, params={k: v for k, v in (params or {}).items() if v is not None},
-                json=json_body, headers=headers, timeout=self.timeout,
+                json=json_body, data=data, headers=headers, timeout=self.timeout,
             )
         except requests.Timeout:
             raise ApiConnectionError(shown, f"no answer within {self.timeout:g}s") from None
@@ -93,6 +96,7 @@ class ApiClient:
             raise ApiConnectionError(shown, self._scrub(_reason(exc))) from None
         except requests.RequestException as exc:  # invalid URL or header, redirects, ...
             raise ApiConnectionError(shown, self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        self.replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
         try:
             body = resp.json()
         except ValueError:
@@ -148,10 +152,72 @@ class ApiClient:
         """GET /api/v1/promotions/{id}: one record."""
         return self._request("GET", f"/api/v1/promotions/{promotion_id}")
 
+    def import_vulndb(self, zip_file: IO[bytes] | None, server_path: str | None,
+                      rescan: bool = True) -> dict[str, Any]:
+        """POST /api/v1/vulndb/imports: an uploaded OSV zip, or a path on the gateway's host."""
+        fields = {"rescan": "true" if rescan else "false"}
+        if zip_file is None:
+            return self._request("POST", "/api/v1/vulndb/imports",
+                                 data={**fields, "path": server_path})
+        body = MultipartFile(fields, "file", zip_file, "osv.zip")
+        return self._request("POST", "/api/v1/vulndb/imports", data=body,
+                             headers={"Content-Type": body.content_type})
+
+    def scan(self, repository: str, reference: str) -> dict[str, Any]:
+        """POST /api/v1/scans: the scan of the digest (queued, or the one already running)."""
+        return self._request("POST", "/api/v1/scans",
+                             json_body={"repository": repository, "reference": reference})
+
+    def get_scan(self, scan_id: str) -> dict[str, Any]:
+        """GET /api/v1/scans/{id}."""
+        return self._request("GET", f"/api/v1/scans/{scan_id}")
+
     def environments(self, repository: str, at: str | None = None) -> dict[str, Any]:
         """GET /api/v1/environments: what each environment points to (now or at `at`)."""
         return self._request("GET", "/api/v1/environments",
                              params={"repository": repository, "at": at})
+
+
+class MultipartFile:
+    """A multipart/form-data body streamed from a file, with a known length (so the upload
+    carries Content-Length and is never held in memory whole)."""
+
+    def __init__(self, fields: dict[str, str], name: str, file: IO[bytes], filename: str
+                 ) -> None:
+        self.boundary = uuid.uuid4().hex
+        head = "".join(f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{k}\""
+                       f"\r\n\r\n{v}\r\n" for k, v in fields.items())
+        head += (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                 f"filename=\"{filename}\"\r\nContent-Type: application/zip\r\n\r\n")
+        self.parts = [head.encode(), file, f"\r\n--{self.boundary}--\r\n".encode()]
+        self.size = len(self.parts[0]) + os.fstat(file.fileno()).st_size + len(self.parts[2])
+        self.index, self.offset = 0, 0
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1024 * 1024):
+            yield chunk
+
+    def read(self, size: int = -1) -> bytes:
+        """The next bytes of the body (at most `size`)."""
+        size = 1024 * 1024 if size is None or size < 0 else size
+        while self.index < len(self.parts):
+            part = self.parts[self.index]
+            if isinstance(part, bytes):
+                chunk = part[self.offset:self.offset + size]
+                self.offset += len(chunk)
+            else:
+                chunk = part.read(size)
+            if chunk:
+                return chunk
+            self.index, self.offset = self.index + 1, 0
+        return b""
 
 
 def _reason(exc: requests.ConnectionError) -> str:

@@ -102,7 +102,16 @@ class Settings:
     delivery_timeout: int = 5
     webhook_max_bytes: int = 1024 * 1024
     api_max_bytes: int = 2 * 1024 * 1024
+    # bytes of manifests one gateway process reads and parses at once (issue 14)
+    manifest_memory: int = 64 * 1024 * 1024
+    # an OSV export uploaded to POST /api/v1/vulndb/imports (the only larger /api/v1 body)
+    vulndb_upload_max_bytes: int = 512 * 1024 * 1024
+    # the directory under which POST /api/v1/vulndb/imports may name server-side paths
+    vulndb_import_root: str = ""
     anonymous_pull: bool = False
+    # a blob mount without `from` looks for a source the caller may read (OCI's automatic
+    # content discovery); off, it is an ordinary upload session, as in distribution 2.8
+    automatic_mount: bool = False
     rate_limit: str = "1200/minute"
     # failed authentications one client address may make before it is refused for the window
     auth_failure_limit: str = "30/minute"
@@ -150,6 +159,13 @@ class Settings:
             values["proxy_chunk_size"] = _int(
                 "TAGWARDEN_PROXY_CHUNK_SIZE", v, 64 * 1024, 64 * 1024 * 1024
             )
+        if (v := get("TAGWARDEN_MANIFEST_MEMORY_MIB")) is not None:
+            values["manifest_memory"] = _int("TAGWARDEN_MANIFEST_MEMORY_MIB", v, 8, 65536) \
+                * 1024 * 1024
+        for name, low, high in (("TAGWARDEN_UPLOAD_MIN_RATE", 0, 1024**3),
+                                ("TAGWARDEN_RESERVED_THREADS", 1, 1024)):
+            if (v := get(name)) is not None:  # read by service.gunicorn_worker
+                _int(name, v, low, high)
         if (v := get("TAGWARDEN_QUEUE")) is not None:
             if not v.replace("-", "").replace("_", "").isalnum():
                 raise ConfigError(f"TAGWARDEN_QUEUE={v!r} must be letters, digits, - or _")
@@ -166,6 +182,12 @@ class Settings:
             values["delivery_timeout"] = _int("TAGWARDEN_DELIVERY_TIMEOUT", v, 1, 120)
         if (v := get("TAGWARDEN_SCAN_TIMEOUT")) is not None:
             values["scan_timeout"] = _int("TAGWARDEN_SCAN_TIMEOUT", v, 10, 24 * 3600)
+        if (v := get("TAGWARDEN_VULNDB_IMPORT_ROOT")) is not None and v:
+            values["vulndb_import_root"] = _path("TAGWARDEN_VULNDB_IMPORT_ROOT", v,
+                                                 must_exist=True)
+        if (v := get("TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES")) is not None:
+            values["vulndb_upload_max_bytes"] = _int("TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES", v,
+                                                     1024, 64 * 1024**3)
         if (v := get("TAGWARDEN_SCAN_MAX_BYTES")) is not None:
             values["scan_max_bytes"] = _int("TAGWARDEN_SCAN_MAX_BYTES", v, 1024, 1024**4)
         if (v := get("TAGWARDEN_SCANNER_URL")) is not None and v:
@@ -196,6 +218,8 @@ class Settings:
             values["blob_accel_path"] = v
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
+        if (v := get("TAGWARDEN_AUTOMATIC_MOUNT")) is not None:
+            values["automatic_mount"] = _bool("TAGWARDEN_AUTOMATIC_MOUNT", v)
         if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:
             values["open_docs"] = _bool("TAGWARDEN_OPEN_DOCS", v)
         if (v := get("TAGWARDEN_OPEN_METRICS")) is not None:

@@ -26,6 +26,7 @@ STATUS: dict[type, int] = {
     domain.PolicyDenied: 403,
     domain.RegistryUnavailable: 502,
     domain.StoreUnavailable: 503,
+    domain.Busy: 429,
 }
 HTTP_CODES = {
     400: "invalid_request",
@@ -85,7 +86,14 @@ def handle_domain(exc: domain.DomainError) -> Response:
         log.warning("%s %s: %s", request.method, request.path, exc.message)
     decision = getattr(exc, "decision", None)
     violations = decision.to_dict()["violations"] if decision is not None else None
-    headers = getattr(exc, "extra", {}).get("headers") or {}  # e.g. Retry-After on a 429
+    resp = _domain_response(exc, status, violations)
+    resp.headers.update(getattr(exc, "extra", {}).get("headers") or {})  # Retry-After on 429s
+    if isinstance(exc, domain.Busy):
+        resp.headers["Retry-After"] = str(exc.retry_after)
+    return resp
+
+
+def _domain_response(exc: domain.DomainError, status: int, violations: Any) -> Response:
     if _is_registry_path():
         code = "DENIED" if isinstance(exc, domain.PolicyDenied) else REGISTRY_CODES.get(
             status, "UNKNOWN"
@@ -96,13 +104,11 @@ def handle_domain(exc: domain.DomainError) -> Response:
         resp = registry_error(status, code, exc.message, detail)
         if status == 401:
             resp.headers["WWW-Authenticate"] = 'Basic realm="tagwarden"'
-        resp.headers.update(headers)
         return resp
     errors = getattr(exc, "errors", None) or None
     resp = api_error(status, exc.code, exc.message, errors=errors, violations=violations)
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="tagwarden"'
-    resp.headers.update(headers)
     return resp
 
 
@@ -114,6 +120,12 @@ def handle_http(exc: HTTPException) -> Response:
         return registry_error(status, REGISTRY_CODES.get(status, "UNKNOWN"), message)
     data = getattr(exc, "data", None) or {}
     errors = None
+    if "json" in (data.get("messages") or {}) and not request.is_json and request.get_data(
+            cache=True):
+        sent = request.mimetype or "no Content-Type"
+        message = (f"the body was not read as JSON (it was sent with {sent}); send it with "
+                   "Content-Type: application/json")
+        return api_error(415, "unsupported_media_type", message, errors={"body": [message]})
     if "messages" in data:
         messages = data["messages"]
         # webargs nests by location ("json", "query"); the field path is what users need.

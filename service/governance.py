@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from service import notify
+from service import notify, referrers
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest, NotFound, PolicyDenied
 from service.domain.manifests import references
@@ -21,7 +22,9 @@ from service.domain.policy import (
     is_immutable,
     match_policy,
 )
+from service.domain.referrers import OCI_INDEX
 from service.logs import current_request_id
+from service.registry.client import Manifest, sha256_digest
 from service.services import Services
 from service.store.tagmap import TagLock
 
@@ -227,12 +230,43 @@ def after_manifest_put(svc: Services, repository: str, tag: str | None, digest: 
 
 
 def after_manifest_delete(svc: Services, repository: str, digest: str) -> None:
-    """Forget the tags removed with a digest; immutable bindings stay (the tag may never
-    name other content)."""
+    """Forget the tags removed with a digest, and its place in the referrers index;
+    immutable bindings stay (the tag may never name other content)."""
+    referrers.forget(svc, repository, digest)
     for tag, known in svc.tags.all(repository).items():
         if known == digest:
             svc.tags.forget(repository, tag)
     svc.retention.forget(repository, [digest])
+
+
+UNTAG_ANNOTATION = "io.tagwarden.untag"
+
+
+def placeholder(repository: str, tag: str) -> Manifest:
+    """A manifest of its own for a tag about to be dropped: an empty OCI index (it needs no
+    blob in the repository) made unique, so deleting it removes that one tag and nothing
+    another tag still names."""
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+                       "annotations": {UNTAG_ANNOTATION: f"{repository}:{tag} "
+                                                         f"{uuid.uuid4().hex}"}},
+                      separators=(",", ":")).encode()
+    return Manifest(body, OCI_INDEX, sha256_digest(body))
+
+
+def untag(svc: Services, repository: str, tag: str) -> str | None:
+    """Drop one tag, leaving its digest and the digest's other tags: the registry deletes
+    only by digest (every tag of it), so the tag is first moved to a placeholder of its own,
+    which is then deleted. The digest the tag named, or None when there was no such tag.
+    The caller has checked the policy (check_delete with the tag)."""
+    with svc.tags.lock(repository, tag):
+        current = svc.registry.head_manifest(repository, tag)
+        if current is None:
+            return None
+        throwaway = placeholder(repository, tag)
+        svc.registry.put_manifest(repository, tag, throwaway)
+        svc.registry.delete_manifest(repository, throwaway.digest)
+        svc.tags.forget(repository, tag)
+    return current
 
 
 def list_bindings(svc: Services, repository: str) -> list[dict[str, Any]]:

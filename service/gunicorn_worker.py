@@ -5,25 +5,82 @@ and body blocking with no time limit: a client dripping one byte a second pins a
 good (slowloris). Here every request must arrive within TAGWARDEN_REQUEST_READ_TIMEOUT
 seconds (head and any small body), and no read or write may stall for longer than
 TAGWARDEN_SOCKET_IDLE_TIMEOUT. Streamed /v2 uploads lift the first limit (they may
-legitimately take hours) but keep the second. A buffering reverse proxy in front (nginx's
-client_header_timeout / client_body_timeout) remains the stronger defence against many slow
-clients at once.
+legitimately take hours) but keep the second, and must keep a minimum average rate
+(TAGWARDEN_UPLOAD_MIN_RATE bytes/s over each RATE_WINDOW seconds).
+
+Streamed uploads may also hold at most `threads - TAGWARDEN_RESERVED_THREADS` threads of a
+process at once (issue 14: 80 uploads dripping a byte every 2 s held every thread, and
+/healthz and the API stopped answering). One more is refused at once with 429
+TOOMANYREQUESTS and its connection closed without draining the body, so health checks, the
+API and downloads always find a thread. A buffering reverse proxy in front (nginx's
+client_header_timeout / client_body_timeout) remains the stronger defence against request
+heads dripped slowly, which still hold a thread for up to the request deadline.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import weakref
 from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from service.domain.errors import Busy
+
 DEFAULT_READ_DEADLINE = 20.0
 READ_DEADLINE = float(os.environ.get("TAGWARDEN_REQUEST_READ_TIMEOUT", DEFAULT_READ_DEADLINE))
 IDLE_TIMEOUT = float(os.environ.get("TAGWARDEN_SOCKET_IDLE_TIMEOUT", "120"))
+MIN_UPLOAD_RATE = float(os.environ.get("TAGWARDEN_UPLOAD_MIN_RATE", "1024"))
+RATE_WINDOW = 30.0
 _deadlines: weakref.WeakKeyDictionary[socket.socket, float] = weakref.WeakKeyDictionary()
+# socket -> [window start, bytes received in the window], for streamed uploads only
+_rates: weakref.WeakKeyDictionary[socket.socket, list[float]] = weakref.WeakKeyDictionary()
+# socket -> the gunicorn request being handled on it (to close the connection on a refusal)
+_requests: weakref.WeakKeyDictionary[socket.socket, Any] = weakref.WeakKeyDictionary()
+
+
+def reserved_threads(threads: int) -> int:
+    """Threads of a process streamed uploads may never take (TAGWARDEN_RESERVED_THREADS)."""
+    raw = os.environ.get("TAGWARDEN_RESERVED_THREADS")
+    reserved = int(raw) if raw else max(4, threads // 4)
+    return min(max(reserved, 1), threads - 1)
+
+
+class UploadSlots:
+    """How many threads of this process stream an upload body right now, and the cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.holders: set[socket.socket] = set()
+        self.refused: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def take(self, sock: socket.socket) -> bool:
+        """Give `sock` a slot (idempotent); False, and remember the refusal, when full."""
+        with self._lock:
+            if sock in self.holders:
+                return True
+            if len(self.holders) >= self.limit:
+                self.refused.add(sock)
+                return False
+            self.holders.add(sock)
+            return True
+
+    def give_back(self, sock: socket.socket) -> bool:
+        """Free `sock`'s slot at the end of its request; True when it had been refused."""
+        with self._lock:
+            self.holders.discard(sock)
+            if sock in self.refused:
+                self.refused.discard(sock)
+                return True
+            return False
+
+
+# Set by the worker process (DeadlineThreadWorker.init_process) from its thread count.
+UPLOADS = UploadSlots(limit=1 << 30)
 
 
 class DeadlineSocket(socket.socket):
@@ -44,31 +101,80 @@ class DeadlineSocket(socket.socket):
         deadline = _deadlines.get(self)
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError("request not received within TAGWARDEN_REQUEST_READ_TIMEOUT")
+        rate = _rates.get(self)
+        if rate is not None and time.monotonic() - rate[0] >= RATE_WINDOW:
+            if rate[1] < MIN_UPLOAD_RATE * RATE_WINDOW:
+                raise TimeoutError("upload slower than TAGWARDEN_UPLOAD_MIN_RATE")
+            rate[0], rate[1] = time.monotonic(), 0
+
+    def _count(self, received: int) -> None:
+        rate = _rates.get(self)
+        if rate is not None:
+            rate[1] += received
 
     def recv(self, *args: Any) -> bytes:
-        """recv, refused once the request deadline has passed."""
+        """recv, refused once the request deadline has passed or the upload is too slow."""
         self._check()
-        return super().recv(*args)
+        data = super().recv(*args)
+        self._count(len(data))
+        return data
 
     def recv_into(self, *args: Any) -> int:
-        """recv_into, refused once the request deadline has passed."""
+        """recv_into, refused once the request deadline has passed or the upload is too slow."""
         self._check()
-        return super().recv_into(*args)
+        received = super().recv_into(*args)
+        self._count(received)
+        return received
 
     def lift_deadline(self) -> None:
-        """A long streamed body is on its way: only the idle timeout applies from now on."""
+        """A long streamed body is on its way: from now on the idle timeout and the minimum
+        upload rate apply instead of the request deadline."""
         _deadlines.pop(self, None)
+        _rates[self] = [time.monotonic(), 0.0]
+
+    def end_request(self) -> None:
+        """The request on this connection is over: a keep-alive one starts afresh."""
+        _rates.pop(self, None)
+        _requests.pop(self, None)
 
 
 def lift_deadline(environ: dict[str, Any]) -> None:
-    """Called by the /v2 proxy before streaming an upload body."""
+    """Called by the /v2 proxy before streaming an upload body: take an upload slot (raise
+    Busy, answered 429 and the connection closed, when this process has none left) and
+    trade the request deadline for the idle timeout and minimum rate."""
     sock = environ.get("gunicorn.socket")
     if isinstance(sock, DeadlineSocket):
+        if not UPLOADS.take(sock):
+            req = _requests.get(sock)
+            if req is not None:
+                req.must_close = True  # "Connection: close", and the body is not drained
+            raise Busy("too many uploads in progress on this gateway process; retry later",
+                       retry_after=1)
         sock.lift_deadline()
 
 
 class DeadlineThreadWorker(ThreadWorker):
-    """gthread with the deadlines above on every client socket."""
+    """gthread with the deadlines and the upload cap above on every client socket."""
+
+    def init_process(self) -> None:
+        """Size this process's upload cap from its thread count, then run."""
+        threads = self.cfg.threads
+        UPLOADS.limit = threads - reserved_threads(threads)
+        super().init_process()
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        """Handle one request; free its upload slot after, and close when it was refused."""
+        sock = conn.sock
+        _requests[sock] = req
+        try:
+            keep_alive = super().handle_request(req, conn)
+        finally:
+            refused = UPLOADS.give_back(sock)
+            if isinstance(sock, DeadlineSocket):
+                sock.end_request()
+            else:
+                _requests.pop(sock, None)
+        return bool(keep_alive) and not refused
 
     def enqueue_req(self, conn: Any) -> None:
         """Give the connection's socket the deadline behaviour before a thread reads it."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import LockError
 
-from service import metrics, notify
+from service import metrics, notify, referrers
 from service.domain.durations import format_time
 from service.domain.errors import (
     Conflict,
@@ -145,6 +145,9 @@ def build_context(svc: Services, policy: Policy, repository: str, environment: s
                                 value if kind == "tag" else None),
         history_first_seen={env: _parse_time(at) for env, at in inputs.reached.items()},
         scan=scan_summary(svc, inputs),
+        newest_scan=svc.scans.newest(digest) if inputs.scan_id is None else None,
+        referrer_types=frozenset(referrers.artifact_types(svc, repository, digest))
+        if policy.gate(environment).referrers else frozenset(),
         now=datetime.now(UTC),
     )
 
@@ -229,7 +232,8 @@ def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: st
         intent, current = svc.promotions.locked_state(repository, environment)
         if intent is not None:
             finished = reconcile_intent(svc, repository, environment, intent)
-            if finished is not None and idem and finished.get("idempotency_key") == idem["key"]:
+            if finished is not None and idem and (intent.get("idempotency") or {}).get(
+                    "key") == idem["key"]:
                 return finished
             current = svc.environments.digests(repository).get(environment)
         if expected is not None and expected != current:
@@ -259,23 +263,39 @@ def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: st
                 log.warning("lock on %s %s expired before release", repository, environment)
 
 
-def idempotent(svc: Services, idem_key: str | None, fp: str, run: Any) -> tuple[int, Any]:
-    """Run `run(idem)` at most once per key: replay the first answer, 422 on another body."""
+def idempotent(svc: Services, idem_key: str | None, fp: str, run: Any
+               ) -> tuple[int, Any, bool]:
+    """(status, answer, replayed): run `run(idem)` at most once per key, before anything else
+    is read, so that a retry replays the first answer even when the state it was computed
+    from has moved on since; 422 on another body with the same key."""
     if not idem_key:
-        return 201, run(None)
+        return 201, run(None), False
     stored = svc.promotions.begin_idempotent(idem_key, fp)
     if stored is not None:
-        return stored["status"], stored["body"]
+        return stored["status"], stored["body"], True
     try:
-        return 201, run({"key": idem_key, "fp": fp})
+        return 201, run({"key": idem_key, "fp": fp}), False
     except Exception:  # any failure frees the key so that a retry runs again
         svc.promotions.release_idempotent(idem_key)
         raise
 
 
+def client_key(idem: dict[str, str] | None) -> str | None:
+    """The Idempotency-Key as the client sent it (the stored key is scoped to the caller)."""
+    return idem["key"].split(":", 1)[-1] if idem else None
+
+
 def promote(svc: Services, req: dict[str, Any], actor: str | None,
-            idem_key: str | None = None) -> tuple[int, dict[str, Any]]:
-    """POST /promotions: 201 and the record, or 200 and a preview for a dry run."""
+            idem_key: str | None = None) -> tuple[int, dict[str, Any], bool]:
+    """POST /promotions: (201, record, replayed), or 200 and a preview for a dry run."""
+    if req.get("dry_run"):
+        return (*_promote(svc, req, actor, None), False)
+    return idempotent(svc, idem_key, fingerprint("promotion", req),
+                      lambda idem: _promote(svc, req, actor, idem)[1])
+
+
+def _promote(svc: Services, req: dict[str, Any], actor: str | None,
+             idem: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
     repository, environment = req["repository"], req["environment"]
     policy = policy_for(svc, repository)
     _check_target(policy, repository, environment)
@@ -294,12 +314,7 @@ def promote(svc: Services, req: dict[str, Any], actor: str | None,
         notify.emit(svc, "promotion.denied", {**record, "violations": decision.to_dict()[
             "violations"]})
         raise PolicyDenied(denial_message(decision), decision)
-
-    def run(idem: dict[str, str] | None) -> dict[str, Any]:
-        if idem:
-            record["idempotency_key"] = idem["key"]
-        done = move(svc, record, manifest, req.get("expected_digest"), idem)
-        notify.emit(svc, "promotion.succeeded", done)
-        return done
-
-    return idempotent(svc, idem_key, fingerprint("promotion", req), run)
+    record["idempotency_key"] = client_key(idem)
+    done = move(svc, record, manifest, req.get("expected_digest"), idem)
+    notify.emit(svc, "promotion.succeeded", done)
+    return 201, done

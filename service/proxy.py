@@ -11,7 +11,8 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import catalog, clientaddr, governance, metrics
+from service import catalog, clientaddr, governance, metrics, referrers, uploads
+from service.domain.errors import Busy
 from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
 from service.registry import routes
@@ -21,6 +22,7 @@ from service.registry.client import (
     RegistryClient,
     sha256_digest,
 )
+from service.registry.limits import ManifestTooComplex, parse_cost, parse_manifest
 from service.registry.routes import QUERY_PARAMS, BadRoute, V2Route
 from service.services import Services
 from service.store.tagmap import TagLock
@@ -172,11 +174,18 @@ def relay(upstream: Any, origin: str, head: bool = False) -> Response:
                          headers)
 
 
-def upstream_target(route: V2Route) -> str:
+def upstream_target(route: V2Route, state: str | None = None,
+                    mount_from: str | None = None) -> str:
     """The upstream path and query, rebuilt from what was parsed and authorized: the
     canonical path, and only the query parameters the registry reads for that route (their
-    first values, as authorization read them). A mount needs both `mount` and `from`."""
+    first values, as authorization read them). A mount needs both `mount` and `from`;
+    `state` replaces an upload's `_state` with the latest one the registry issued;
+    `mount_from` is the source the gateway found (and authorized) for a mount without one."""
     args = {k: request.args.get(k) for k in QUERY_PARAMS.get(route.kind, ())}
+    if state is not None:
+        args["_state"] = state
+    if mount_from is not None:
+        args["from"] = mount_from
     if not (args.get("mount") and args.get("from")):
         args.pop("mount", None)
         args.pop("from", None)
@@ -184,8 +193,24 @@ def upstream_target(route: V2Route) -> str:
     return "/v2/" + route.path + (f"?{query}" if query else "")
 
 
-def forward(route: V2Route) -> Response:
-    """Pass the request through to the registry as authorized, streaming both ways."""
+class CountingReader:
+    """A request body passed upstream, counting the bytes it gave."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Read from the client, counting."""
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
+
+
+def send(route: V2Route, state: str | None = None, mount_from: str | None = None
+         ) -> tuple[Any, str, CountingReader | None]:
+    """Send the request to the registry as authorized, the body streamed: (the upstream
+    answer, the public origin, the counted body or None)."""
     origin = public_origin()
     headers = upstream_headers(origin)
     body, chunked, length = _request_body()
@@ -193,14 +218,57 @@ def forward(route: V2Route) -> Response:
         headers["Content-Length"] = str(length)
     if body is not None:  # never a form: distribution would read parameters out of it
         headers["Content-Type"] = "application/octet-stream"
+        body = CountingReader(body)
     upstream = _client().request(
-        request.method, upstream_target(route), headers=headers, body=body, chunked=chunked
+        request.method, upstream_target(route, state, mount_from), headers=headers, body=body,
+        chunked=chunked
     )
     if route.kind == "upload" and "mount" in request.args:
-        governance.record_mount(_services(), route.name, request.args.get("from"),
+        governance.record_mount(_services(), route.name, mount_from or request.args.get("from"),
                                 request.args.get("mount"), upstream.status, _actor(),
                                 g.get("actor_id"))
+    return upstream, origin, body
+
+
+def forward(route: V2Route) -> Response:
+    """Pass the request through to the registry as authorized, streaming both ways."""
+    upstream, origin, _ = send(route)
     return relay(upstream, origin, head=request.method == "HEAD")
+
+
+def upload(route: V2Route) -> Response:
+    """A blob upload request: the session's offset and latest `_state` tracked, a chunk out
+    of order refused with 416 before the registry sees it (service.uploads)."""
+    svc, method, name = _services(), request.method, route.name
+    uuid = route.ref if route.kind == "upload_session" else None
+    session = uploads.session_of(svc, name, uuid) if uuid else None
+    if method == "PATCH" and uuid:
+        checked = uploads.check_chunk(svc, name, uuid, request.headers.get("Content-Range"),
+                                      request.content_length)
+        if isinstance(checked, uploads.Refusal):
+            return upload_refusal(name, uuid, checked)
+    # the latest state: a status request or an in-order chunk never replays a stale one
+    state = session["state"] if session and method in ("GET", "HEAD", "PATCH") else None
+    mount_from = None
+    if route.kind == "upload" and request.args.get("mount") and not request.args.get("from"):
+        mount_from = uploads.mount_source(svc, name, request.args["mount"],
+                                          g.get("principal"))
+    upstream, origin, body = send(route, state, mount_from)
+    uploads.record_answer(svc, name, method, upstream.status, upstream.headers,
+                          session["offset"] if session else 0, body.count if body else 0, uuid)
+    return relay(upstream, origin, head=method == "HEAD")
+
+
+def upload_refusal(name: str, uuid: str, refusal: uploads.Refusal) -> Response:
+    """The gateway's own answer to a refused chunk: the error, and where the session stands."""
+    resp = registry_error(refusal.status, refusal.code, refusal.message,
+                          {"upload": uuid})
+    if refusal.session:
+        state = urlencode({"_state": refusal.session["state"]})
+        resp.headers["Location"] = f"{public_origin()}/v2/{name}/blobs/uploads/{uuid}?{state}"
+        resp.headers["Range"] = uploads.range_of(refusal.session["offset"])
+        resp.headers["Docker-Upload-UUID"] = uuid
+    return resp
 
 
 def accel_blob(route: V2Route) -> Response:
@@ -258,6 +326,19 @@ def tags_list(name: str) -> Response:
     return resp
 
 
+def referrers_list(route: V2Route) -> Response:
+    """The OCI 1.1 referrers API, answered from the gateway's index (distribution 2.8 has
+    none): an image index of the manifests whose `subject` is the digest, maybe empty."""
+    artifact_type = request.args.get("artifactType") or None
+    index = referrers.listing(_services(), route.name, route.ref, artifact_type)
+    resp = Response(b"" if request.method == "HEAD" else json.dumps(index), status=200,
+                    content_type="application/vnd.oci.image.index.v1+json")
+    resp.headers[API_VERSION[0]] = API_VERSION[1]
+    if artifact_type:
+        resp.headers["OCI-Filters-Applied"] = "artifactType"
+    return resp
+
+
 def relay_buffered(upstream: Any, origin: str | None = None) -> Response:
     """Relay a small, already-read upstream response."""
     return _with_headers(Response(upstream.data, status=upstream.status),
@@ -273,15 +354,40 @@ def _actor() -> str | None:
 
 
 def _read_manifest_body() -> bytes | Response:
-    """The manifest bytes, refused above 4 MiB without reading them all."""
-    if (request.content_length or 0) > MAX_MANIFEST_BYTES:
+    """The manifest bytes, refused above 4 MiB without reading them all; read only once this
+    process's manifest memory budget has room for them (else Busy: 429 TOOMANYREQUESTS)."""
+    length = request.content_length
+    if (length or 0) > MAX_MANIFEST_BYTES:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               "manifest exceeds 4 MiB")
+    _reserve_manifest_memory(MAX_MANIFEST_BYTES if length is None else length)
     body = request.stream.read(MAX_MANIFEST_BYTES + 1)
     if len(body) > MAX_MANIFEST_BYTES:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               "manifest exceeds 4 MiB")
     return body
+
+
+# Seconds a manifest PUT waits for room in the manifest memory budget before a 429.
+MANIFEST_MEMORY_WAIT = 10.0
+
+
+def _reserve_manifest_memory(length: int) -> None:
+    """Hold what reading and parsing `length` manifest bytes may cost until the request ends
+    (the body lives until it has been forwarded); Busy when no room came in time."""
+    reserved = _services().manifest_budget.acquire(parse_cost(length), MANIFEST_MEMORY_WAIT)
+    if reserved is None:
+        raise Busy("too many large manifests are being processed by this gateway process; "
+                   "retry shortly")
+    g.manifest_memory_reserved = reserved
+
+
+@bp.teardown_request
+def _release_manifest_memory(exc: BaseException | None) -> None:  # noqa: ARG001
+    """Give back the manifest memory this request reserved, whatever its outcome."""
+    reserved = g.pop("manifest_memory_reserved", None)
+    if reserved:
+        _services().manifest_budget.release(reserved)
 
 
 def _validate_manifest(body: bytes, media_type: str) -> Response | None:
@@ -290,7 +396,9 @@ def _validate_manifest(body: bytes, media_type: str) -> Response | None:
                               f"unsupported manifest media type {media_type!r}; "
                               f"use one of {', '.join(MANIFEST_TYPES)}")
     try:
-        parsed = json.loads(body)
+        parsed = parse_manifest(body)  # counts objects before building any
+    except ManifestTooComplex as exc:
+        return registry_error(400, "MANIFEST_INVALID", "manifest invalid", str(exc))
     except (ValueError, UnicodeDecodeError) as exc:
         return registry_error(400, "MANIFEST_INVALID", "manifest invalid",
                               f"manifest is not valid JSON: {exc}")
@@ -357,6 +465,8 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
     if upstream.status == 201:
         svc = _services()
         governance.after_manifest_put(svc, name, tag, digest, lock)
+        if subject := referrers.index_pushed(svc, name, digest, body, media_type):
+            resp.headers["OCI-Subject"] = subject
         if tag:  # queued once the answer is on its way: the client does not wait for it
             resp.call_on_close(lambda: governance.scan_after_push(svc, name, digest))
     return resp
@@ -364,13 +474,19 @@ def _forward_manifest(name: str, ref: str, tag: str | None, body: bytes, digest:
 
 def delete_manifest(route: V2Route) -> Response:
     """Govern a manifest DELETE: what an environment, an immutable tag or a protected index
-    needs stays."""
+    needs stays; a DELETE by tag removes that tag only."""
     svc, name, ref = _services(), route.name, route.ref
     decision = governance.check_delete(svc, name, ref)
     metrics.decision("delete", decision)
     if not decision.allowed:
         governance.deny(svc, "delete", decision, _actor(), g.get("actor_id"), repository=name,
                         reference=ref)
+    if ":" not in ref:  # a tag: drop it alone (the registry deletes by digest only)
+        if governance.untag(svc, name, ref) is None:
+            return registry_error(404, "MANIFEST_UNKNOWN", "manifest unknown", {"tag": ref})
+        resp = Response(status=202)
+        resp.headers[API_VERSION[0]] = API_VERSION[1]
+        return resp
     response = forward(route)
     if response.status_code == 202 and DIGEST_RE.match(ref):
         governance.after_manifest_delete(svc, name, ref)
@@ -393,9 +509,12 @@ def delete_blob(route: V2Route) -> Response:
 @bp.route("/v2/<path:path>", methods=METHODS)
 def v2(path: str) -> Response:
     """The Docker Registry HTTP API v2, proxied with policy enforcement."""
-    route = g.get("v2_route") or routes.parse(path)  # refuses `..`, bad names and refs
+    # refuses `..`, bad names and refs
+    route = g.get("v2_route") or routes.parse(path, request.method)
     if request.method == "GET" and route.kind == "tags":
         return tags_list(route.name)
+    if request.method in ("GET", "HEAD") and route.kind == "referrers":
+        return referrers_list(route)
     if request.method in ("GET", "HEAD") and route.kind == "catalog":
         return catalog.answer(_client(), g.principal.listing_filter() if g.principal else None)
     if (request.method == "GET" and route.kind == "blob" and _services().settings.blob_accel_path
@@ -407,4 +526,6 @@ def v2(path: str) -> Response:
         return delete_manifest(route)
     if request.method == "DELETE" and route.kind == "blob":
         return delete_blob(route)
+    if route.kind == "upload_session" or (route.kind == "upload" and request.method == "POST"):
+        return upload(route)
     return forward(route)

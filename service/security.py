@@ -18,7 +18,7 @@ from limits.strategies import FixedWindowRateLimiter
 
 from service import auth, clientaddr
 from service.bodies import peek_json
-from service.domain.errors import DomainError, Unauthorized
+from service.domain.errors import DomainError, Forbidden, Unauthorized
 from service.registry import routes
 from service.services import Services
 
@@ -38,8 +38,10 @@ AUDITED = {
     "events.delete_subscription": "subscription.delete",
     "events.redeliver": "delivery.redeliver",
     "tag_bindings.release_binding": "tag_binding.release",
+    "scans.import_vulndb": "vulndb.import",
     "retention.create_run": "retention.run",
 }
+VULNDB_IMPORT_ENDPOINT = "scans.import_vulndb"
 
 
 class RateLimited(DomainError):
@@ -132,6 +134,32 @@ def _v2_principal(svc: Services, header: str | None) -> auth.Principal | None:
     return principal
 
 
+def _registry_refusal(svc: Services, principal: auth.Principal | None, route: routes.V2Route,
+                      exc: Forbidden) -> DomainError:
+    """Audit a refused /v2 request and make its reason reach the client where the protocol
+    lets it: the error envelope, and `WWW-Authenticate` error text for bodiless answers. A
+    HEAD of a blob (how a pusher asks whether a layer exists) answers 404 instead of a bare
+    403 — nothing about the repository is disclosed either way — so that the client goes on to
+    its upload request, whose 403 carries the reason in a body that skopeo, podman and docker
+    print."""
+    method = request.method
+    action = "registry.pull" if method in ("GET", "HEAD") else (
+        "registry.delete" if method == "DELETE" else "registry.push")
+    target = {"repository": route.name or None, "method": method, "route": route.kind,
+              "reference": route.ref or None, "reason": exc.message}
+    try:
+        svc.audit.record(action, (g.get("actor_id"), g.get("actor_name")), target, "denied",
+                         403, request.environ.get("tagwarden.request_id"))
+    except Exception:  # noqa: BLE001 - logged; the refusal stands
+        log.exception("could not write audit entry for a refused %s", action)
+    if method == "HEAD" and route.kind == "blob" and principal is not None:
+        return routes.BadRoute(404, "BLOB_UNKNOWN", "blob unknown to registry",
+                               {"digest": route.ref})
+    text = exc.message.replace('"', "'").encode("ascii", "replace").decode()
+    return Forbidden(exc.message, headers={"WWW-Authenticate": (
+        f'Basic realm="tagwarden", error="insufficient_scope", error_description="{text}"')})
+
+
 def install(app: Flask, svc: Services) -> None:
     """Register the hooks on the app."""
     settings = svc.settings
@@ -162,7 +190,9 @@ def install(app: Flask, svc: Services) -> None:
         path = request.path
         _set_actor(None)
         if path.startswith("/api/v1/"):
-            request.max_content_length = settings.api_max_bytes
+            request.max_content_length = (settings.vulndb_upload_max_bytes
+                                          if request.endpoint == VULNDB_IMPORT_ENDPOINT
+                                          else settings.api_max_bytes)
             if request.endpoint == WEBHOOK_ENDPOINT:
                 return
             if request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
@@ -181,10 +211,14 @@ def install(app: Flask, svc: Services) -> None:
         elif path == "/v2" or path.startswith("/v2/"):
             principal = authenticated(lambda header: _v2_principal(svc, header))
             _set_actor(principal)
-            route = routes.parse(path[len("/v2/"):] if path.startswith("/v2/") else "")
+            route = routes.parse(path[len("/v2/"):] if path.startswith("/v2/") else "",
+                                 request.method)
             g.v2_route = route
             needs = auth.registry_access(request.method, route, request.args.to_dict())
-            auth.authorize_registry(principal, needs, settings.anonymous_pull)
+            try:
+                auth.authorize_registry(principal, needs, settings.anonymous_pull)
+            except Forbidden as exc:
+                raise _registry_refusal(svc, principal, route, exc) from None
         elif (path in DOC_PATHS or path.startswith("/docs/")) and not settings.open_docs:
             _set_actor(authenticated(lambda header: auth.from_bearer(svc, header)))
         elif path == "/metrics" and not settings.open_metrics:
@@ -194,8 +228,8 @@ def install(app: Flask, svc: Services) -> None:
     def _audit(resp: Response) -> Response:
         action = AUDITED.get(request.endpoint or "")
         if action and request.method not in ("GET", "HEAD") and g.get("principal"):
-            outcome = "success" if resp.status_code < 400 else (
-                "denied" if resp.status_code in (401, 403) else "error")
+            outcome = g.get("audit_outcome") or ("success" if resp.status_code < 400 else (
+                "denied" if resp.status_code in (401, 403) else "error"))
             try:
                 svc.audit.record(action, (g.get("actor_id"), g.get("actor_name")), _target(),
                                  outcome, resp.status_code,

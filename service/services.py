@@ -10,6 +10,7 @@ from rq import Queue
 from service import store
 from service.config import Settings
 from service.registry.client import RegistryClient
+from service.registry.limits import MemoryBudget
 from service.store.audit import AuditStore
 from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
@@ -18,11 +19,13 @@ from service.store.inbox import Inbox
 from service.store.manifests import ManifestRefs
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.referrers import ReferrerIndex
 from service.store.retention import RetentionStore
 from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
 from service.store.tokens import TokenStore
+from service.store.uploads import UploadSessions
 from service.store.vulndb import VulnDB
 
 
@@ -48,6 +51,9 @@ class Services:
     audit: AuditStore
     scans: ScanStore
     vulndb: VulnDB
+    manifest_budget: MemoryBudget
+    uploads: UploadSessions
+    referrers: ReferrerIndex
     retention: RetentionStore
 
     @classmethod
@@ -78,5 +84,8 @@ class Services:
             audit=AuditStore(client),
             scans=ScanStore(client),
             vulndb=VulnDB(client),
+            manifest_budget=MemoryBudget(settings.manifest_memory),
+            uploads=UploadSessions(client),
+            referrers=ReferrerIndex(client),
             retention=RetentionStore(client),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,19 +150,69 @@ def build_children(data: Path) -> tuple[list[Child], dict[str, str]]:
     return children, env
 
 
-def banner(env: dict[str, str], data: Path) -> str:
+SAMPLE_TOKEN = "TAGWARDEN_SAMPLE_CI_TOKEN"
+
+
+def _api(env: dict[str, str], method: str, path: str, token: str,
+         body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
+    """(status, JSON answer) of one call to the gateway the stack runs."""
+    req = urllib.request.Request(
+        f"http://{env['TAGWARDEN_BIND']}{path}", method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def sample_ci_token(env: dict[str, str], data: Path) -> str:
+    """A `ci` token for the banner's sample push (team/*), made once per data dir and kept in
+    secrets.env; made again when it no longer works (revoked, or Redis emptied)."""
+    values = _secret_file(data)
+    known = values.get(SAMPLE_TOKEN, "")
+    if known and _api(env, "GET", "/api/v1/vulndb", known)[0] == 200:
+        return known
+    status, answer = _api(env, "POST", "/api/v1/tokens", env["TAGWARDEN_ADMIN_TOKEN"], {
+        "name": f"make-run-sample-push-{secrets.token_hex(3)}", "role": "ci",
+        "repositories": ["team/*"]})
+    if status != 201:
+        raise RuntimeError(f"could not create the sample ci token (HTTP {status})")
+    values[SAMPLE_TOKEN] = str(answer["token"])
+    path = data / "secrets.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return values[SAMPLE_TOKEN]
+
+
+def write_stack_env(env: dict[str, str], data: Path) -> Path:
+    """`.data/stack.env`: where the stack listens, for shells (`set -a; . .data/stack.env`),
+    the CLI and `rq info`; no secrets (those are in secrets.env)."""
+    path = data / "stack.env"
+    path.write_text(f"TAGWARDEN_URL=http://{env['TAGWARDEN_BIND']}\n"
+                    f"TAGWARDEN_REDIS_URL={env['TAGWARDEN_REDIS_URL']}\n"
+                    f"TAGWARDEN_REGISTRY_URL={env['TAGWARDEN_REGISTRY_URL']}\n"
+                    f"TAGWARDEN_QUEUE={env.get('TAGWARDEN_QUEUE', 'tagwarden')}\n")
+    return path
+
+
+def banner(env: dict[str, str], data: Path, ci_token: str) -> str:
     """What a newcomer needs to start pushing."""
     bind = env["TAGWARDEN_BIND"]
+    queue = env.get("TAGWARDEN_QUEUE", "tagwarden")
     return f"""
 Tagwarden is up.
   gateway   http://{bind}   (docs: http://{bind}/docs, readiness: http://{bind}/readyz)
   registry  {env['TAGWARDEN_REGISTRY_URL']}   (upstream; push and pull through the gateway)
-  redis     {env['TAGWARDEN_REDIS_URL']}
-  data      {data}   logs in {data / 'logs'}
+  redis     {env['TAGWARDEN_REDIS_URL']}   (jobs: rq info -u {env['TAGWARDEN_REDIS_URL']} {queue})
+  data      {data}   logs in {data / 'logs'}, addresses in {data / 'stack.env'}
   admin token: {env['TAGWARDEN_ADMIN_TOKEN']}
 
-Push an image through the gateway:
-  skopeo copy --dest-tls-verify=false --dest-creds ci:{env['TAGWARDEN_ADMIN_TOKEN']} \\
+Use the CLI (tagwarden promote, scan, vulndb import, ...) from another shell:
+  export TAGWARDEN_URL=http://{bind} TAGWARDEN_TOKEN={env['TAGWARDEN_ADMIN_TOKEN']}
+
+Push an image through the gateway (a `ci` token made for this, for team/*):
+  skopeo copy --dest-tls-verify=false --dest-creds ci:{ci_token} \\
       docker-archive:image.tar docker://{bind}/team/app:v1.0.0
 
 Ctrl-C stops everything.
@@ -193,7 +245,13 @@ def run() -> int:
             print(f"tagwarden dev: stack not ready (stopped: {', '.join(dead) or 'none'}); "
                   f"see {data / 'logs'}", file=sys.stderr)
             return 1
-        print(banner(env, data), flush=True)
+        write_stack_env(env, data)
+        try:
+            ci_token = sample_ci_token(env, data)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            print(f"tagwarden dev: {exc}", file=sys.stderr)
+            return 1
+        print(banner(env, data, ci_token), flush=True)
         while not stopping:
             dead = [c for c in children if c.proc and c.proc.poll() is not None]
             if dead:

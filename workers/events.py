@@ -8,8 +8,9 @@ import socket
 import time
 from typing import Any
 
-from service import drift, governance, metrics
+from service import drift, governance, metrics, referrers
 from service.domain.policy import is_immutable
+from service.domain.referrers import SUBJECT_TYPES
 from service.services import Services
 from service.webhooks import needs_processing
 from workers.context import services
@@ -76,9 +77,12 @@ def _settled(svc: Services, repository: str, tag: str, digest: str) -> str | Non
 
 
 def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
-    """Learn the tag, heal environment/immutable tags moved behind the gateway's back, scan."""
+    """Index a referrer, learn the tag, heal environment/immutable tags moved behind the
+    gateway's back, scan."""
     repository, digest, tag = event["repository"], event["digest"], event.get("tag")
     svc.retention.mark_pushed(repository, digest)  # also pushes behind the gateway's back
+    if event.get("media_type") in SUBJECT_TYPES:  # tagged or not: a referrer is often neither
+        referrers.index_from_registry(svc, repository, digest)
     policy = governance.policy_for(svc, repository)
     if tag and tag in policy.environments:
         if check_environment_tag(svc, repository, tag, digest):

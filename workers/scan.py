@@ -65,12 +65,23 @@ def _platform(descriptor: dict[str, Any]) -> str:
     return name + (f"/{p['variant']}" if p.get("variant") else "")
 
 
+def _parsed(manifest: Manifest) -> dict[str, Any]:
+    """The manifest parsed, within the structure limits of service.registry.limits."""
+    try:
+        doc = manifest.json()
+    except (ValueError, RecursionError) as exc:
+        raise ScanError(f"manifest {manifest.digest} cannot be scanned: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ScanError(f"manifest {manifest.digest} is not a JSON object")
+    return doc
+
+
 def _images(svc: Services, repository: str, manifest: Manifest) -> list[tuple[str, Manifest]]:
     """(platform, image manifest) pairs: one for an image, one per platform for an index."""
     if not manifest.is_index:
         return [("", manifest)]
     images = []
-    for child in manifest.json().get("manifests", []):
+    for child in _parsed(manifest).get("manifests", []):
         p = child.get("platform") or {}
         if (p.get("os", "unknown"), p.get("architecture", "unknown")) in SKIP_PLATFORMS:
             continue
@@ -84,7 +95,7 @@ def _images(svc: Services, repository: str, manifest: Manifest) -> list[tuple[st
 
 
 def _inventory(svc: Services, repository: str, image: Manifest, budget: list[int]) -> Inventory:
-    layers = image.json().get("layers") or []
+    layers = _parsed(image).get("layers") or []
     opened: list[Any] = []
 
     def streams(hasher: ThreadPoolExecutor) -> Any:

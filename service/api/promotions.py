@@ -23,8 +23,11 @@ from service.schemas.promotions import (
 blp = Blueprint("promotions", __name__, url_prefix="/api/v1",
                 description="Promotions, rollbacks, history and environments")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-
+REPLAYED_HEADER = "Idempotent-Replayed"
+REPLAY_HEADERS = {REPLAYED_HEADER: {
+    "description": "`true` when this is the first answer to the same Idempotency-Key and body, "
+                   "replayed: nothing was changed by this request",
+    "schema": {"type": "string", "enum": ["true"]}}}
 
 def idempotency_key() -> str | None:
     """The Idempotency-Key header, validated, scoped to the caller."""
@@ -39,12 +42,20 @@ def idempotency_key() -> str | None:
 
 @blp.route("/promotions", methods=["POST"])
 @blp.arguments(PromotionRequestSchema)
-@blp.response(201, PromotionSchema)
+@blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
 @blp.alt_response(200, schema=PromotionSchema, description="dry run: nothing changed")
-def create_promotion(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def create_promotion(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Promote a digest (by tag, digest or source environment) into an environment."""
-    status, record = promotions.promote(svc(), body, g.get("actor_name"), idempotency_key())
-    return record, status
+    status, record, replayed = promotions.promote(svc(), body, g.get("actor_name"),
+                                                  idempotency_key())
+    if record.get("dry_run") and not record.get("allowed"):
+        g.audit_outcome = "denied"  # nothing changed, but the policy said no
+    return record, status, replay_headers(replayed)
+
+
+def replay_headers(replayed: bool) -> dict[str, str]:
+    """`Idempotent-Replayed: true` on an answer replayed from an Idempotency-Key."""
+    return {REPLAYED_HEADER: "true"} if replayed else {}
 
 
 @blp.route("/promotions", methods=["GET"])
@@ -52,6 +63,7 @@ def create_promotion(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
 @blp.response(200, PromotionPageSchema)
 def list_promotions(args: dict[str, Any]) -> dict[str, Any]:
     """Promotion history, newest first, cursor-paginated."""
+    history.check_listing(svc(), args.get("repository"), args.get("environment"))
     items, cursor = svc().promotions.history(args.get("repository"), args.get("environment"),
                                              args["limit"], args.get("cursor"), listing_scope())
     return {"items": items, "next_cursor": cursor}
@@ -70,11 +82,12 @@ def get_promotion(promotion_id: str) -> dict[str, Any]:
 
 @blp.route("/rollbacks", methods=["POST"])
 @blp.arguments(RollbackRequestSchema)
-@blp.response(201, PromotionSchema)
-def create_rollback(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+@blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
+def create_rollback(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Roll an environment back to the previous digest or to a named earlier promotion."""
-    status, record = history.rollback(svc(), body, g.get("actor_name"), idempotency_key())
-    return record, status
+    status, record, replayed = history.rollback(svc(), body, g.get("actor_name"),
+                                                idempotency_key())
+    return record, status, replay_headers(replayed)
 
 
 @blp.route("/environments", methods=["GET"])

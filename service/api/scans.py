@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
+from flask import g, request
 from flask_smorest import Blueprint
 
-from service import scans
+from service import scans, vulndb_admin
 from service.api import check_visible, listing_scope, svc
-from service.domain.errors import Conflict, NotFound
+from service.domain.errors import Conflict, InvalidRequest, NotFound
 from service.schemas.scans import (
     ScanPageSchema,
     ScanQueryArgsSchema,
     ScanRequestSchema,
     ScanSchema,
+    VulnDBImportFormSchema,
+    VulnDBImportSchema,
     VulnDBSchema,
 )
 
@@ -78,3 +80,19 @@ def get_vulndb() -> dict[str, Any]:
     info = svc().vulndb.info()
     return {"records": info.get("records", 0), "ecosystems": info.get("ecosystems", {}),
             "loaded_at": info.get("loaded_at"), "version": info.get("version")}
+
+
+@blp.route("/vulndb/imports", methods=["POST"])
+@blp.arguments(VulnDBImportFormSchema, location="form", content_type="multipart/form-data")
+@blp.response(201, VulnDBImportSchema)
+def import_vulndb(form: dict[str, Any]) -> dict[str, Any]:
+    """Load an OSV export as the new vulnerability database: an uploaded zip or (admins'
+    choice) a path on the gateway's host; rescans what environments run."""
+    upload, path = request.files.get("file"), form.get("path")  # the schema documents `file`
+    if (upload is None) == (path is None):
+        raise InvalidRequest("send exactly one of `file` (an OSV zip, multipart/form-data) or "
+                             "`path` (on the gateway's host)",
+                             errors={"file": ["exactly one of file or path"]})
+    if upload is not None:
+        return vulndb_admin.import_upload(svc(), upload.stream, rescan=form["rescan"])
+    return vulndb_admin.import_server_path(svc(), path, rescan=form["rescan"])

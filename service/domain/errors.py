@@ -70,5 +70,15 @@ class RegistryUnavailable(DomainError):
         self.status = 502 if reachable else 503
 
 
+class Busy(DomainError):
+    """This process is at a concurrency bound (uploads, manifest memory): retry shortly."""
+
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StoreUnavailable(DomainError):
     code = "store_unavailable"

@@ -1,4 +1,5 @@
-"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak and freeze."""
+"""Promotion gates: stage order, tag classes, `latest`, scan verdict, soak, freeze and
+attached artifacts (referrers)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from service.domain.policy_model import (
     Gate,
     IgnoreEntry,
     Policy,
+    ReferrerRequirement,
     ScanGate,
     Violation,
 )
@@ -40,6 +42,9 @@ class PromotionContext:
     digest_tags: Sequence[str] = ()
     history_first_seen: Mapping[str, datetime] = field(default_factory=dict)
     scan: Mapping[str, Any] | None = None
+    # the newest scan of the digest whatever its state (what the scan gate's message names)
+    newest_scan: Mapping[str, Any] | None = None
+    referrer_types: frozenset[str] = frozenset()  # artifact types attached to the digest
     now: datetime
 
 
@@ -61,6 +66,7 @@ def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
         *_check_scan(gate.scan, ctx),
         *_check_soak(gate, ctx),
         *_check_freeze(gate.freeze, ctx),
+        *_check_referrers(gate.referrers, ctx),
     ]
     return Decision.of(policy, [Violation(rule, message, policy.name) for rule, message in found])
 
@@ -111,12 +117,7 @@ def _check_scan(scan_gate: ScanGate | None, ctx: PromotionContext) -> _Found:
         return
     if ctx.scan is None:
         if scan_gate.required:
-            yield (
-                "promotion.scan_required",
-                f"'{ctx.environment}' requires a succeeded scan of {ctx.digest} and there is "
-                f'none; POST /api/v1/scans with {{"repository": "{ctx.repository}", '
-                f'"reference": "{ctx.digest}"}} and retry when it has succeeded',
-            )
+            yield "promotion.scan_required", _scan_required_message(ctx)
         return
     if scan_gate.max_severity is None:
         return
@@ -130,6 +131,34 @@ def _check_scan(scan_gate: ScanGate | None, ctx: PromotionContext) -> _Found:
     ]
     if worse:
         yield ("promotion.severity", _severity_message(worse, scan_gate.max_severity))
+
+
+NO_VULNDB = "no vulnerability database loaded"
+
+
+def _scan_required_message(ctx: PromotionContext) -> str:
+    """What the newest scan of the digest says and what will actually help."""
+    need = f"'{ctx.environment}' requires a succeeded scan of {ctx.digest}"
+    scan_cmd = (f"tagwarden scan --repository {ctx.repository} --digest {ctx.digest} --wait "
+                f'(or POST /api/v1/scans {{"repository": "{ctx.repository}", '
+                f'"reference": "{ctx.digest}"}})')
+    newest = ctx.newest_scan
+    if newest is None:
+        return f"{need} and it was never scanned; run {scan_cmd}, then retry"
+    state, scan_id = newest.get("status"), newest.get("id")
+    if state in ("queued", "running"):
+        return (f"{need}; its newest scan {scan_id} is {state}: retry when it has succeeded "
+                f"(tagwarden scan --repository {ctx.repository} --digest {ctx.digest} --wait "
+                "waits for it)")
+    error = str(newest.get("error") or "no error recorded")
+    finished = newest.get("finished_at") or "?"
+    if NO_VULNDB in error:
+        help_ = ("load one first (tagwarden vulndb import PATH, an admin's call, or "
+                 f"TAGWARDEN_VULNDB for the workers; every deployed digest is rescanned), then "
+                 f"run {scan_cmd} and retry")
+    else:
+        help_ = f"fix that, then run {scan_cmd} and retry"
+    return f"{need}; its newest scan {scan_id} {state} at {finished}: {error}; {help_}"
 
 
 def normalize_severity(value: object) -> str:
@@ -199,4 +228,17 @@ def _check_freeze(windows: Sequence[FreezeWindow], ctx: PromotionContext) -> _Fo
     yield (
         "promotion.freeze",
         f"'{ctx.environment}' is frozen until {format_time(end)}; retry after that",
+    )
+
+
+def _check_referrers(required: Sequence[ReferrerRequirement], ctx: PromotionContext) -> _Found:
+    missing = [r.artifact_type for r in required if r.artifact_type not in ctx.referrer_types]
+    if not missing:
+        return
+    attached = ", ".join(sorted(ctx.referrer_types)) or "none"
+    yield (
+        "promotion.referrers",
+        f"'{ctx.environment}' needs an artifact of type {', '.join(missing)} attached to "
+        f"{ctx.digest} (a manifest whose subject is the digest); attached: {attached}. Push "
+        "it with its subject set, e.g. `oras attach`, then retry",
     )

@@ -40,6 +40,14 @@ class FreezeWindow:
 
 
 @dataclass(frozen=True)
+class ReferrerRequirement:
+    """An artifact (SBOM, signature, attestation) that must be attached to the digest: a
+    manifest of this artifact type whose `subject` is the digest (OCI 1.1 referrers)."""
+
+    artifact_type: str
+
+
+@dataclass(frozen=True)
 class Gate:
     """Promotion gate of one target environment; the empty gate lets everything through."""
 
@@ -48,6 +56,7 @@ class Gate:
     scan: ScanGate | None = None
     soak_seconds: int = 0
     freeze: tuple[FreezeWindow, ...] = ()
+    referrers: tuple[ReferrerRequirement, ...] = ()
 
 
 @dataclass(frozen=True)

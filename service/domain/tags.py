@@ -41,6 +41,23 @@ def valid_tag(tag: str) -> bool:
     return isinstance(tag, str) and TAG_RE.fullmatch(tag) is not None
 
 
+def tag_problem(tag: str) -> str | None:
+    """Why `tag` breaks the registry's tag grammar (None when it does not)."""
+    if valid_tag(tag):
+        return None
+    if len(tag) > 128:
+        return f"a tag is at most 128 characters; this one has {len(tag)}"
+    if not tag:
+        return "a tag cannot be empty"
+    if not re.fullmatch(r"[\w.-]+", tag, re.ASCII):
+        return "a tag holds only letters, digits, '_', '.' and '-'"
+    return "a tag cannot start with '.' or '-'"
+
+
+REPOSITORY_GRAMMAR = ("lowercase letters and digits, separated by '.', '_', '__', '-' or '/' "
+                      "(e.g. team/app)")
+
+
 def valid_repository(name: str) -> bool:
     """True when `name` follows the registry's repository name grammar."""
     return isinstance(name, str) and len(name) <= NAME_MAX and NAME_RE.fullmatch(name) is not None

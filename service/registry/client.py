@@ -15,6 +15,7 @@ from urllib3.util.retry import Retry
 
 from service.domain.errors import RegistryUnavailable
 from service.logs import current_request_id
+from service.registry.limits import parse_manifest
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -46,8 +47,9 @@ class Manifest:
         return self.media_type in INDEX_TYPES
 
     def json(self) -> dict[str, Any]:
-        """The manifest parsed (never re-serialized for writing)."""
-        return json.loads(self.body)
+        """The manifest parsed (never re-serialized for writing); ManifestTooComplex (a
+        ValueError) when its structure is absurd."""
+        return parse_manifest(self.body)
 
 
 def sha256_digest(data: bytes) -> str:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from service.domain.errors import InvalidRequest
-from service.domain.tags import valid_repository, valid_tag
+from service.domain.tags import tag_problem, valid_repository, valid_tag
 
 DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_=-]{1,128}$")
@@ -73,7 +73,7 @@ QUERY_PARAMS = {
 }
 
 
-def _check_ref(kind: str, ref: str) -> None:
+def _check_ref(kind: str, ref: str, method: str) -> None:
     if kind in ("blob", "referrers") and not DIGEST_RE.match(ref):
         raise BadRoute(400, "DIGEST_INVALID", "invalid digest", {"digest": ref})
     if kind == "upload_session" and not UPLOAD_ID_RE.match(ref):
@@ -81,11 +81,16 @@ def _check_ref(kind: str, ref: str) -> None:
     if kind == "manifest" and ":" in ref and not DIGEST_RE.match(ref):
         raise BadRoute(400, "DIGEST_INVALID", "invalid digest", {"reference": ref})
     if kind == "manifest" and ":" not in ref and not valid_tag(ref):
-        raise BadRoute(400, "TAG_INVALID", "manifest tag did not match URI", {"tag": ref})
+        if method in ("GET", "HEAD"):  # nothing can be stored under it: OCI wants a 404
+            raise BadRoute(404, "MANIFEST_UNKNOWN", "manifest unknown", {"reference": ref})
+        shown = ref if len(ref) <= 40 else f"{ref[:40]}..."
+        raise BadRoute(400, "TAG_INVALID", f"invalid tag {shown!r}: {tag_problem(ref)}",
+                       {"tag": ref})
 
 
-def parse(path: str) -> V2Route:
-    """The route of a /v2 path (the part after `/v2/`); BadRoute when it is not valid."""
+def parse(path: str, method: str = "GET") -> V2Route:
+    """The route of a /v2 path (the part after `/v2/`); BadRoute when it is not valid (a read
+    of a manifest under an impossible tag is 404 MANIFEST_UNKNOWN, as for any absent one)."""
     if path == "":
         return V2Route("base")
     if path == "_catalog":
@@ -97,6 +102,6 @@ def parse(path: str) -> V2Route:
         name, ref = match.group("name"), match.groupdict().get("ref") or ""
         if not valid_repository(name):
             raise BadRoute(400, "NAME_INVALID", "invalid repository name", {"name": name})
-        _check_ref(kind, ref)
+        _check_ref(kind, ref, method)
         return V2Route(kind, name, ref)
     raise BadRoute(404, "NAME_UNKNOWN", "not a registry API route", {"path": path})

@@ -32,9 +32,11 @@ from service.domain.policy_model import (
     IgnoreEntry,
     Policy,
     PushRules,
+    ReferrerRequirement,
     Retention,
     ScanGate,
 )
+from service.domain.referrers import MEDIA_TYPE_RE
 from service.domain.tags import ENVIRONMENT, LATEST, is_git_sha, is_semver, validate_spec
 from service.schemas.common import flatten_errors, utc_representable
 
@@ -51,6 +53,7 @@ __all__ = [
     "IgnoreSchema",
     "PolicySchema",
     "PushRulesSchema",
+    "ReferrerRequirementSchema",
     "RetentionSchema",
     "ScanGateSchema",
     "dump_policy",
@@ -232,12 +235,25 @@ class FreezeWindowSchema(_Strict):
         return FreezeWindow(**data)
 
 
+class ReferrerRequirementSchema(_Strict):
+    artifact_type = fields.String(
+        required=True,
+        validate=validate.Regexp(MEDIA_TYPE_RE, error="must be a media type such as "
+                                 "application/spdx+json"))
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> ReferrerRequirement:
+        return ReferrerRequirement(**data)
+
+
 class GateSchema(_Strict):
     from_env = fields.String(data_key="from", load_default=None)
     tags = _specs(load_default=list)
     scan = fields.Nested(ScanGateSchema, load_default=None, allow_none=True)
     soak = Duration(attribute="soak_seconds", load_default=0)
     freeze = fields.List(fields.Nested(FreezeWindowSchema), load_default=list)
+    referrers = fields.List(fields.Nested(ReferrerRequirementSchema), load_default=list,
+                            validate=validate.Length(max=20))
 
     @post_load
     def make(self, data: dict, **kwargs: Any) -> Gate:
@@ -247,6 +263,7 @@ class GateSchema(_Strict):
             scan=data["scan"],
             soak_seconds=data["soak_seconds"],
             freeze=tuple(data["freeze"]),
+            referrers=tuple(data["referrers"]),
         )
 
     @post_dump

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
+from service.domain.tags import REPOSITORY_GRAMMAR, valid_repository
 from service.schemas.common import (
     PageQueryArgsSchema,
     StrictSchema,
@@ -14,6 +15,13 @@ from service.schemas.common import (
 
 DIGEST = validate.Regexp(r"^sha256:[0-9a-f]{64}$", error="must be sha256:<64 hex>")
 REPOSITORY = validate.Length(min=1, max=255)
+AT_FORMAT = "must be RFC 3339 with a time zone, e.g. 2026-11-24T03:12:00Z"
+
+
+def repository_name(name: str) -> None:
+    """Refuse a name no registry repository can have (`Team/App`) instead of answering empty."""
+    if not valid_repository(name):
+        raise ValidationError(f"not a registry repository name: {REPOSITORY_GRAMMAR}")
 ENVIRONMENT = validate.Length(min=1, max=63)
 
 
@@ -38,6 +46,10 @@ class RollbackRequestSchema(StrictSchema):
     environment = fields.String(required=True, validate=ENVIRONMENT)
     to = fields.String(load_default="previous", validate=validate.Length(min=1, max=64))
     reason = fields.String(validate=validate.Length(max=1000), allow_none=True)
+    expected_digest = fields.String(
+        validate=DIGEST, allow_none=True,
+        metadata={"description": "refuse (409 conflict) unless the environment points to this "
+                                 "digest now: a retried rollback never rolls back twice"})
 
 
 class PromotionSchema(Schema):
@@ -55,6 +67,8 @@ class PromotionSchema(Schema):
     reason = fields.String(allow_none=True)
     created_at = fields.String()
     policy = fields.String()
+    idempotency_key = fields.String(
+        allow_none=True, metadata={"description": "the Idempotency-Key the request carried"})
     dry_run = fields.Boolean()
     allowed = fields.Boolean()
     violations = fields.List(fields.Nested(ViolationSchema))
@@ -63,15 +77,17 @@ class PromotionSchema(Schema):
 class PromotionQueryArgsSchema(PageQueryArgsSchema):
     """Filters of the history."""
 
-    repository = fields.String(validate=REPOSITORY)
+    repository = fields.String(validate=[REPOSITORY, repository_name])
     environment = fields.String(validate=ENVIRONMENT)
 
 
 class EnvironmentsQueryArgsSchema(StrictSchema):
     """Which repository, and optionally at what time."""
 
-    repository = fields.String(required=True, validate=REPOSITORY)
-    at = fields.AwareDateTime(format="iso", default_timezone=None, validate=utc_representable)
+    repository = fields.String(required=True, validate=[REPOSITORY, repository_name])
+    at = fields.AwareDateTime(format="iso", default_timezone=None, validate=utc_representable,
+                              error_messages={"invalid": AT_FORMAT,
+                                              "invalid_awareness": AT_FORMAT})
 
 
 class EnvironmentStateSchema(Schema):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask_smorest.fields import Upload
 from marshmallow import Schema, fields, validate
 
 from service.schemas.common import PageQueryArgsSchema, StrictSchema, page_of
@@ -75,6 +76,32 @@ class VulnDBSchema(Schema):
     ecosystems = fields.Dict(keys=fields.String(), values=fields.Integer())
     loaded_at = fields.String(allow_none=True)
     version = fields.Integer(allow_none=True)
+
+
+class VulnDBImportFormSchema(StrictSchema):
+    """An OSV export to load: an uploaded `file`, or a `path` on the gateway's host."""
+
+    file = Upload(metadata={"description": "an OSV zip (a zip of OSV .json advisories, such as "
+                                           "osv.dev's all.zip); at most "
+                                           "TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES"})
+    path = fields.String(validate=validate.Length(min=1, max=4096), metadata={
+        "description": "instead of `file`: an absolute path on the gateway's host (a directory "
+                       "of OSV .json files and/or all.zip archives)"})
+    rescan = fields.Boolean(load_default=True, metadata={
+        "description": "queue rescans of every digest an environment points to"})
+
+
+class VulnDBImportSchema(Schema):
+    """What an import loaded."""
+
+    version = fields.Integer()
+    loaded_at = fields.String()
+    records = fields.Integer()
+    skipped = fields.Integer()
+    withdrawn = fields.Integer()
+    ecosystems = fields.Dict(keys=fields.String(), values=fields.Integer())
+    errors = fields.List(fields.String())
+    rescans = fields.Integer(allow_none=True)
 
 
 ScanPageSchema = page_of(ScanSchema, "ScanPage")

@@ -250,6 +250,10 @@ class PromotionStore:
         values = self.r.hmget(key("reached", repository), [f"{e}|{digest}" for e in environments])
         return {env: v for env, v in zip(environments, values, strict=True) if v}
 
+    def known(self, repository: str) -> bool:
+        """Whether a repository ever had a promotion."""
+        return bool(self.r.sismember(key("repositories"), repository))
+
     def repositories(self) -> list[str]:
         """Every repository that ever had a promotion."""
         return sorted(self.r.smembers(key("repositories")))

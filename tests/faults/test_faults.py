@@ -81,7 +81,7 @@ def test_worker_killed_mid_scan_is_retried_and_completes_once(tmp_path: Path):
         import subprocess
 
         tagwarden = str(Path(sys.executable).parent / "tagwarden")
-        assert subprocess.run([tagwarden, "vulndb", "import", str(osv)], env=stack.env,
+        assert subprocess.run([tagwarden, "vulndb", "import", str(osv)], env=stack.cli_env,
                               capture_output=True, timeout=60).returncode == 0
         big = oci.Image(layers=[*fixtures.alpine_image_layers(),
                                 oci.random_layer(192 * 1024 * 1024, seed=7)])

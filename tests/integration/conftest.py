@@ -46,6 +46,11 @@ class Stack:
     def reg_url(self) -> str:
         return f"http://{self.reg}"
 
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """The stack's environment plus what the `tagwarden` CLI reads to reach its API."""
+        return {**self.env, "TAGWARDEN_URL": self.gw_url, "TAGWARDEN_TOKEN": procs.ADMIN_TOKEN}
+
     def redis_client(self) -> redis.Redis:
         return redis.Redis(port=self.redis.port, decode_responses=True)
 
@@ -65,6 +70,9 @@ TEST_ENV = {"TAGWARDEN_OUTBOUND_ALLOWLIST": "127.0.0.1", "TAGWARDEN_DELIVERY_BAC
             "TAGWARDEN_DELIVERY_TIMEOUT": "2",
             # on, as in the front-proxy deployment: only requests through nginx are affected
             "TAGWARDEN_BLOB_ACCEL_PATH": procs.ACCEL_PATH,
+            # on, so that the mount attacks (tests/integration/test_attacks.py) also try the
+            # gateway's own search for a source
+            "TAGWARDEN_AUTOMATIC_MOUNT": "true",
             # every test client is 127.0.0.1: the shared stacks count failed logins but never
             # lock it out (tests/faults/test_hostile_net.py runs the lockout on its own stacks)
             "TAGWARDEN_AUTH_FAILURE_LIMIT": "100000/minute"}

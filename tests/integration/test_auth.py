@@ -161,6 +161,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, Request]] = {
     ("DELETE", "/api/v1/tokens/<string:token_id>"): (
         "admin", lambda w: (f"/api/v1/tokens/{w.new_token()}", None)),
     ("GET", "/api/v1/vulndb"): ("reader", lambda w: ("/api/v1/vulndb", None)),
+    ("POST", "/api/v1/vulndb/imports"): ("admin", lambda w: ("/api/v1/vulndb/imports", None)),
     ("GET", "/api/v1/tag-bindings"): (
         "reader", lambda w: (f"/api/v1/tag-bindings?repository={TEAM}", None)),
     ("DELETE", "/api/v1/tag-bindings"): ("admin", lambda w: (

@@ -233,3 +233,157 @@ def test_ci_run_derives_a_stable_key(stack: Stack, cli_policy, tmp_path: Path):
     assert len(set(ids)) == 5
     hist = as_json(tw(stack, "history", "--repository", repo, "--json"))
     assert [r["id"] for r in hist["items"]] == ids[::-1]
+
+
+def _prod(stack: Stack, repo: str) -> list[dict]:
+    return as_json(tw(stack, "history", "--repository", repo, "--env", "production",
+                      "--json"))["items"]
+
+
+def test_retried_ci_rollback_never_rolls_back_twice(stack: Stack, cli_policy, tmp_path: Path):
+    repo = "cli/retry"
+    good = push(stack, tmp_path, "cli-retry-1", f"{repo}:v1.0.0")
+    bad = push(stack, tmp_path, "cli-retry-2", f"{repo}:v1.1.0")
+    newer = push(stack, tmp_path, "cli-retry-3", f"{repo}:v1.2.0")
+    run_a = {"CI_PIPELINE_ID": "500", "CI_PROJECT_ID": "9", "CI_JOB_NAME": "deploy"}
+    run_b = {**run_a, "CI_PIPELINE_ID": "501"}
+    for ci, tag in ((run_a, "v1.0.0"), (run_b, "v1.1.0")):
+        ok(tw(stack, "promote", "--repository", repo, "--tag", tag, "--to", "develop", ci=ci))
+        ok(tw(stack, "promote", "--repository", repo, "--from", "develop", "--to", "staging",
+              ci=ci))
+        ok(tw(stack, "promote", "--repository", repo, "--from", "staging", "--to",
+              "production", ci=ci))
+    assert status_of(stack, repo)["production"] == bad.digest
+
+    rollback = ["rollback", "--repository", repo, "--env", "production", "--reason", "failed"]
+    first = tw(stack, *rollback, ci=run_b)
+    assert ok(first).splitlines()[0] == f"rolled back {repo} production to {good.digest}"
+    retried = tw(stack, *rollback, ci=run_b)
+    assert ok(retried).splitlines()[0] == (
+        f"replayed: rolled back {repo} production to {good.digest} (the first answer to this "
+        "Idempotency-Key; nothing changed now)")
+    replay_json = tw(stack, *rollback, "--json", ci=run_b)
+    assert json.loads(ok(replay_json))["digest"] == good.digest
+    assert replay_json.stderr.startswith("replayed: rolled back")
+    assert status_of(stack, repo)["production"] == good.digest
+    history = _prod(stack, repo)
+    assert [r["kind"] for r in history] == ["rollback", "promotion", "promotion"]
+    assert history[0]["previous_digest"] == bad.digest
+    assert history[0]["idempotency_key"].startswith("tagwarden-gitlab-")
+
+    # run A never touched production since: its rollback would undo B's rollback -> refused
+    stale = tw(stack, *rollback, ci=run_a)
+    assert stale.returncode == 1 and stale.stderr.startswith("error: conflict: ")
+    assert f"not the expected {good.digest}" not in stale.stderr
+    assert "hint: --expected-digest is derived from the CI run (CI_PIPELINE_ID=500)" in stale.stderr
+    # another run promoted after B's release: B's (new) rollback must not undo it
+    for env in ("develop", "staging"):
+        ok(tw(stack, "promote", "--repository", repo, "--digest", newer.digest, "--to", env))
+    ok(tw(stack, "promote", "--repository", repo, "--digest", newer.digest, "--to",
+          "production", "--expected-digest", good.digest))
+    same_step = tw(stack, *rollback[:-1], "other reason", ci=run_b)
+    assert same_step.returncode == 1
+    assert same_step.stderr.startswith("error: idempotency_mismatch: ")
+    other_step = tw(stack, *rollback, ci={**run_b, "CI_JOB_NAME": "rollback"})
+    assert other_step.returncode == 1 and other_step.stderr.startswith(
+        f"error: conflict: production of {repo} has moved since CI_PIPELINE_ID=501 promoted "
+        f"{bad.digest}")
+    assert status_of(stack, repo)["production"] == newer.digest
+    assert len(_prod(stack, repo)) == 4
+
+
+def test_rollback_to_a_promotion_id_and_explicit_expectation(stack: Stack, cli_policy,
+                                                             tmp_path: Path):
+    repo = "cli/rollto"
+    one = push(stack, tmp_path, "cli-rollto-1", f"{repo}:v1.0.0")
+    two = push(stack, tmp_path, "cli-rollto-2", f"{repo}:v2.0.0")
+    first = as_json(tw(stack, "promote", "--repository", repo, "--tag", "v1.0.0", "--to",
+                       "develop", "--json"))
+    ok(tw(stack, "promote", "--repository", repo, "--tag", "v2.0.0", "--to", "develop"))
+    wrong = tw(stack, "rollback", "--repository", repo, "--env", "develop", "--to", first["id"],
+               "--expected-digest", one.digest)
+    assert wrong.returncode == 1 and f"not the expected {one.digest}" in wrong.stderr
+    out = ok(tw(stack, "rollback", "--repository", repo, "--env", "develop", "--to",
+                first["id"], "--expected-digest", two.digest, "--idempotency-key", "K-rollto"))
+    assert out.splitlines()[0] == f"rolled back {repo} develop to {one.digest}"
+    assert f"rollback-to {first['id']}" in out
+    again = ok(tw(stack, "rollback", "--repository", repo, "--env", "develop", "--to",
+                  first["id"], "--expected-digest", two.digest, "--idempotency-key", "K-rollto"))
+    assert again.startswith("replayed: rolled back")
+    assert status_of(stack, repo)["develop"] == one.digest
+
+
+def test_promote_replay_says_replayed(stack: Stack, cli_policy, tmp_path: Path):
+    repo = "cli/replayed"
+    image = push(stack, tmp_path, "cli-replayed-1", f"{repo}:v1.0.0")
+    command = ["promote", "--repository", repo, "--tag", "v1.0.0", "--to", "develop"]
+    ci = {"GITHUB_RUN_ID": "77001", "GITHUB_REPOSITORY": "o/r"}
+    assert ok(tw(stack, *command, ci=ci)).startswith(f"promoted {repo} to develop: ")
+    assert ok(tw(stack, *command, ci=ci)).splitlines()[0] == (
+        f"replayed: promoted {repo} to develop: {image.digest} (the first answer to this "
+        "Idempotency-Key; nothing changed now)")
+
+
+def test_listings_of_nothing_are_errors_and_times_without_a_zone(stack: Stack, cli_policy,
+                                                                 tmp_path: Path):
+    repo = "cli/listing"
+    image = push(stack, tmp_path, "cli-listing-1", f"{repo}:v1.0.0")
+    ok(tw(stack, "promote", "--repository", repo, "--tag", "v1.0.0", "--to", "develop"))
+    upper = tw(stack, "status", "--repository", "Team/App")
+    assert upper.returncode == 1 and upper.stdout == ""
+    assert upper.stderr.startswith("error: invalid_request: ")
+    assert "  repository: not a registry repository name: lowercase" in upper.stderr
+    for command in (["status"], ["history"]):
+        missing = tw(stack, *command, "--repository", "cli/never-pushed")
+        assert missing.returncode == 1 and missing.stdout == ""
+        assert missing.stderr == ("error: not_found: repository 'cli/never-pushed' not found: "
+                                  "it has no promotions and nothing in the registry\n")
+    prod = tw(stack, "history", "--repository", repo, "--env", "prod")
+    assert prod.returncode == 1 and prod.stderr.startswith(
+        "error: invalid_request: unknown environment 'prod': policy 'cli' has develop, "
+        "staging, production")
+
+    naive = ok(tw(stack, "status", "--repository", repo, "--at", "2026-12-01 00:44:30"))
+    assert naive.splitlines()[0].startswith(f"{repo} at 2026-12-01T00:44:30")
+    nonsense = tw(stack, "status", "--repository", repo, "--at", "yesterday")
+    assert nonsense.returncode == 1 and "e.g. 2026-11-24T03:12:00Z" in nonsense.stderr
+    api = stack.admin().get(f"{stack.gw_url}/api/v1/environments", timeout=10,
+                            params={"repository": repo, "at": "2026-12-01 00:44:30"})
+    assert api.status_code == 422
+    assert api.json()["errors"] == {"at": [
+        "must be RFC 3339 with a time zone, e.g. 2026-11-24T03:12:00Z"]}
+
+    # a tag added after develop's promotion: both environments show the digest's tags alike
+    other = push(stack, tmp_path, "cli-listing-1", f"{repo}:v1.0.1")
+    assert other.digest == image.digest
+    ok(tw(stack, "promote", "--repository", repo, "--from", "develop", "--to", "staging"))
+    state = as_json(tw(stack, "status", "--repository", repo, "--json"))
+    tags = {e["name"]: e["tags"] for e in state["environments"]}
+    assert tags == {"develop": ["v1.0.0", "v1.0.1"], "staging": ["v1.0.0", "v1.0.1"],
+                    "production": []}
+
+
+def test_json_body_without_content_type_says_so(stack: Stack, cli_policy):
+    body = json.dumps({"repository": "cli/x", "environment": "develop", "tag": "v1"})
+    resp = stack.admin().post(f"{stack.gw_url}/api/v1/promotions", data=body, timeout=10)
+    assert resp.status_code == 415
+    assert resp.json() == {
+        "code": "unsupported_media_type",
+        "message": "the body was not read as JSON (it was sent with no Content-Type); send it "
+                   "with Content-Type: application/json",
+        "errors": {"body": ["the body was not read as JSON (it was sent with no Content-Type); "
+                            "send it with Content-Type: application/json"]}}
+
+
+def test_no_command_prints_a_traceback(stack: Stack, tmp_path: Path):
+    unwritable = tw(stack, "openapi", "--out", str(tmp_path / "missing" / "openapi.yaml"))
+    assert unwritable.returncode == 1 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith("tagwarden openapi: error: FileNotFoundError: ")
+    assert len(unwritable.stderr.splitlines()) == 1
+    osv = tmp_path / "osv.zip"
+    osv.write_bytes(b"not a zip")
+    down = tw(stack, "vulndb", "import", str(osv), "--url", "http://127.0.0.1:9")
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert down.stderr.startswith("error: could not reach Tagwarden at http://127.0.0.1:9")
+    no_token = tw(stack, "vulndb", "import", str(osv), ci={"TAGWARDEN_TOKEN": ""})
+    assert no_token.returncode == 1 and no_token.stderr.startswith("error: unauthorized: ")

@@ -69,12 +69,30 @@ def test_dev_stack_starts_ready_and_stops_clean(tmp_path: Path):
         assert f"http://127.0.0.1:{ports['gateway']}/api/v1/webhooks/registry" in config
         stack_redis = redis.Redis(port=ports["redis"], decode_responses=True)
         assert stack_redis.config_get("appendonly") == {"appendonly": "yes"}
+        stack_env = dict(line.split("=", 1) for line in
+                         (tmp_path / "data" / "stack.env").read_text().splitlines())
+        assert stack_env["TAGWARDEN_REDIS_URL"] == f"redis://127.0.0.1:{ports['redis']}/0"
+        assert stack_env["TAGWARDEN_URL"] == f"http://127.0.0.1:{ports['gateway']}"
+        rq = subprocess.run([str(Path(sys.executable).parent / "rq"), "info", "-u",
+                             stack_env["TAGWARDEN_REDIS_URL"], "tagwarden"],
+                            capture_output=True, text=True, timeout=60)
+        assert rq.returncode == 0, rq.stderr
+        assert "tagwarden" in rq.stdout and "1 workers, 1 queues" in rq.stdout
+        secrets = dict(line.split("=", 1) for line in
+                       (tmp_path / "data" / "secrets.env").read_text().splitlines())
+        admin = {"Authorization": f"Bearer {secrets['TAGWARDEN_ADMIN_TOKEN']}"}
+        tokens = requests.get(f"http://127.0.0.1:{ports['gateway']}/api/v1/tokens",
+                              headers=admin, timeout=10).json()["items"]
+        [sample] = [t for t in tokens if t["name"].startswith("make-run-sample-push-")]
+        assert (sample["role"], sample["repositories"]) == ("ci", ["team/*"])
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "admin token: tw_" in out
-    assert "skopeo copy" in out
+    assert f"admin token: {secrets['TAGWARDEN_ADMIN_TOKEN']}" in out
+    assert f"--dest-creds ci:{secrets['TAGWARDEN_SAMPLE_CI_TOKEN']} " in out
+    assert secrets["TAGWARDEN_SAMPLE_CI_TOKEN"] != secrets["TAGWARDEN_ADMIN_TOKEN"]
+    assert f"export TAGWARDEN_URL=http://127.0.0.1:{ports['gateway']} TAGWARDEN_TOKEN=" in out
     time.sleep(0.5)
     assert _stack_pids(tmp_path / "data") == []
 

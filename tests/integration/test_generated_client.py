@@ -66,7 +66,8 @@ def vulndb(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
     directory = fixtures.write_osv_dir(tmp_path_factory.mktemp("osv"),
                                        fixtures.osv_fixture_records())
     tagwarden = str(Path(sys.executable).parent / "tagwarden")
-    done = subprocess.run([tagwarden, "vulndb", "import", str(directory)], env=stack.env,
+    done = subprocess.run([tagwarden, "vulndb", "import", str(directory), "--json"],
+                          env=stack.cli_env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 

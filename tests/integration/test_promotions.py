@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.helpers import oci
 from tests.integration.conftest import V2, Stack
@@ -236,3 +237,61 @@ def test_promotion_commit_releases_the_lock_and_queues_no_scan(stack: Stack, pol
     scans_after = stack.admin().get(f"{stack.gw_url}/api/v1/scans",
                                     params={"digest": image.digest}, timeout=10).json()["items"]
     assert [s["id"] for s in scans_after] == [s["id"] for s in scans_before]
+
+
+def test_rollback_idempotency_and_expected_digest_hostile(stack: Stack, policy, tmp_path):
+    from tests.integration.test_attacks import token
+
+    repo = "promo/rbidem"
+    one = push(stack, tmp_path, "rbidem-1", f"{repo}:v1.0.0")
+    two = push(stack, tmp_path, "rbidem-2", f"{repo}:v2.0.0")
+    promote(stack, repository=repo, environment="develop", tag="v1.0.0")
+    promote(stack, repository=repo, environment="develop", tag="v2.0.0")
+    url = f"{stack.gw_url}/api/v1/rollbacks"
+    body = {"repository": repo, "environment": "develop", "expected_digest": two.digest}
+    key = {"Idempotency-Key": f"rb-{time.time_ns()}"}
+    first = stack.admin().post(url, json=body, headers=key, timeout=30)
+    assert first.status_code == 201 and first.json()["digest"] == one.digest
+    assert "Idempotent-Replayed" not in first.headers
+    replay = stack.admin().post(url, json=body, headers=key, timeout=30)
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] == first.json()["id"]
+    # without the key, the expectation alone refuses a second rollback
+    again = stack.admin().post(url, json=body, timeout=30)
+    assert again.status_code == 409 and again.json()["code"] == "conflict"
+    # the same key with another body, a forged digest, another team's token, a huge body
+    other = stack.admin().post(url, json={**body, "reason": "x"}, headers=key, timeout=30)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_mismatch"
+    forged = stack.admin().post(url, json={**body, "expected_digest": "sha256:zz"}, timeout=30)
+    assert forged.status_code == 422 and "expected_digest" in forged.json()["errors"]
+    outsider = requests.post(url, json=body, headers={
+        **key, "Authorization": f"Bearer {token(stack, 'rb-other', 'ci', repositories=['x/*'])}"},
+        timeout=30)
+    assert outsider.status_code == 403 and outsider.json()["code"] == "forbidden"
+    huge = stack.admin().post(url, json={**body, "reason": "r" * (3 * 1024 * 1024)}, timeout=30)
+    assert huge.status_code == 413
+    # a key is the caller's: the same key from another token runs (and is refused) on its own
+    mine = token(stack, "rb-mine", "ci", repositories=["promo/*"])
+    theirs = requests.post(url, json=body, headers={**key, "Authorization": f"Bearer {mine}"},
+                           timeout=30)
+    assert theirs.status_code == 409 and "Idempotent-Replayed" not in theirs.headers
+    hist = stack.admin().get(f"{stack.gw_url}/api/v1/promotions",
+                             params={"repository": repo, "environment": "develop"},
+                             timeout=10).json()["items"]
+    assert [r["kind"] for r in hist] == ["rollback", "promotion", "promotion"]
+    assert hist[0]["idempotency_key"] == key["Idempotency-Key"]
+
+
+def test_denied_dry_run_is_audited_as_denied(stack: Stack, policy, tmp_path):
+    repo = "promo/dryaudit"
+    push(stack, tmp_path, "dryaudit-1", f"{repo}:v1.0.0")
+    preview = promote(stack, expect=200, repository=repo, environment="production",
+                      tag="v1.0.0", dry_run=True)
+    assert preview["allowed"] is False
+    allowed = promote(stack, expect=200, repository=repo, environment="develop", tag="v1.0.0",
+                      dry_run=True)
+    assert allowed["allowed"] is True
+    audit = stack.admin().get(f"{stack.gw_url}/api/v1/audit", timeout=10,
+                              params={"repository": repo}).json()["items"]
+    assert [(a["action"], a["outcome"], a["status"]) for a in audit] == [
+        ("promotion.create", "success", 200), ("promotion.create", "denied", 200)]

@@ -207,3 +207,58 @@ def test_recording_a_pushed_tag_releases_its_lock_in_the_same_call(stack: Stack)
     assert r.get(lock.name) == "someone-else"
     lock.release()  # nothing left to release: no error
     r.delete(lock.name)
+
+
+def test_invalid_tag_on_v2_says_why(stack: Stack):
+    for tag, why in (("a" * 300, "a tag is at most 128 characters; this one has 300"),
+                     ("-dash", "a tag cannot start with '.' or '-'"),
+                     ("semi;colon", "a tag holds only letters, digits, '_', '.' and '-'")):
+        resp = V2.put(f"{stack.gw_url}/v2/push/taglen/manifests/{tag}", data=b"{}",
+                      headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+                      timeout=10)
+        assert resp.status_code == 400
+        [error] = resp.json()["errors"]
+        shown = tag if len(tag) <= 40 else tag[:40] + "..."
+        assert (error["code"], error["message"]) == ("TAG_INVALID",
+                                                     f"invalid tag {shown!r}: {why}")
+
+
+def test_scope_refusals_reach_the_user_and_the_audit_trail(stack: Stack, tmp_path: Path):
+    from tests.integration.test_attacks import token
+
+    secret = token(stack, "scope-team", "ci", repositories=["scope/team-*"])
+    image = oci.simple_image("scope-1")
+    layout = oci.write_layout(tmp_path / "scope", {"img": image})
+    mine = oci.skopeo_copy(f"oci:{layout}:img", f"docker://{stack.gw}/scope/team-a:v1.0.0",
+                           creds=f"ci:{secret}")
+    assert mine.returncode == 0, mine.stderr
+    refused = oci.skopeo_copy(f"oci:{layout}:img", f"docker://{stack.gw}/scope/other:v1.0.0",
+                              creds=f"ci:{secret}")
+    assert refused.returncode != 0
+    assert "is not allowed to push 'scope/other'" in refused.stderr, refused.stderr
+
+    session = requests.Session()
+    session.auth = ("ci", secret)
+    head = session.head(f"{stack.gw_url}/v2/scope/other/manifests/v1.0.0", timeout=10)
+    assert head.status_code == 403
+    assert head.headers["WWW-Authenticate"] == (
+        'Basic realm="tagwarden", error="insufficient_scope", error_description="token '
+        f"'{_name(stack, secret)}' is not allowed to pull 'scope/other'\"")
+    blob = session.head(f"{stack.gw_url}/v2/scope/other/blobs/{image.layers[0].digest}",
+                        timeout=10)
+    assert blob.status_code == 404  # a pusher's existence check: it goes on to the upload
+    upload = session.post(f"{stack.gw_url}/v2/scope/other/blobs/uploads/", timeout=10)
+    assert upload.status_code == 403 and upload.json()["errors"][0]["code"] == "DENIED"
+
+    audit = stack.admin().get(f"{stack.gw_url}/api/v1/audit", timeout=10,
+                              params={"repository": "scope/other"}).json()["items"]
+    assert {(a["action"], a["outcome"], a["status"], a["target"]["method"]) for a in audit} >= {
+        ("registry.push", "denied", 403, "POST"), ("registry.pull", "denied", 403, "HEAD")}
+    assert all(a["actor"]["name"] == _name(stack, secret) for a in audit)
+    assert not [a for a in audit if a["repository"] == "scope/team-a"]
+
+
+def _name(stack: Stack, secret: str) -> str:
+    """The name of the one token test_scope_refusals made."""
+    tokens = stack.admin().get(f"{stack.gw_url}/api/v1/tokens", timeout=10).json()["items"]
+    return next(t["name"] for t in tokens if t["name"].startswith("scope-team-"))

@@ -482,3 +482,25 @@ def test_is_immutable(tag, immutable):
     from service.domain.policy import is_immutable
 
     assert is_immutable(TEAM, tag) is immutable
+
+
+@pytest.mark.parametrize(("newest", "says"), [
+    (None, " and it was never scanned; run tagwarden scan --repository team-a/app --digest "
+           f"{D1} --wait"),
+    ({"id": "scn_1", "status": "running"}, "; its newest scan scn_1 is running: retry when it "
+                                           "has succeeded"),
+    ({"id": "scn_1", "status": "queued"}, "; its newest scan scn_1 is queued: retry"),
+    ({"id": "scn_2", "status": "failed", "finished_at": "2026-11-28T15:00:00Z",
+      "error": "no vulnerability database loaded: set TAGWARDEN_VULNDB"},
+     "; its newest scan scn_2 failed at 2026-11-28T15:00:00Z: no vulnerability database "
+     "loaded: set TAGWARDEN_VULNDB; load one first (tagwarden vulndb import PATH"),
+    ({"id": "scn_3", "status": "failed", "finished_at": "2026-11-28T15:00:00Z",
+      "error": f"{D1} is no longer in team-a/app"},
+     f"; its newest scan scn_3 failed at 2026-11-28T15:00:00Z: {D1} is no longer in "
+     "team-a/app; fix that, then run tagwarden scan"),
+])
+def test_scan_required_message_names_the_newest_scan(newest, says):
+    decision = evaluate_promotion(TEAM, ctx(scan=None, newest_scan=newest))
+    [violation] = [v for v in decision.violations if v.rule == "promotion.scan_required"]
+    assert violation.message.startswith(
+        f"'production' requires a succeeded scan of {D1}{says}"), violation.message

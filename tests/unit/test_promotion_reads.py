@@ -20,6 +20,7 @@ from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
+from service.store.referrers import ReferrerIndex
 from service.store.retention import RetentionStore
 from service.store.scans import ScanStore
 from service.store.tagmap import TagMap
@@ -47,6 +48,9 @@ class Registry:
         self.calls.append(f"head {reference}")
         return self.tags.get(reference)
 
+    def get_manifest(self, repository: str, reference: str) -> None:
+        self.calls.append(f"get {reference}")  # a push event looks for a referrer's subject
+
 
 @pytest.fixture
 def svc() -> SimpleNamespace:
@@ -55,7 +59,7 @@ def svc() -> SimpleNamespace:
                            promotions=PromotionStore(r), scans=ScanStore(r),
                            environments=EnvironmentStore(r),
                            policies=PolicyStore(r), vulndb=VulnDB(r), registry=Registry({}),
-                           retention=RetentionStore(r))
+                           referrers=ReferrerIndex(r), retention=RetentionStore(r))
 
 
 def tags_of(svc: SimpleNamespace, digest: str, source_tag: str | None = None) -> list[str]:
