@@ -43,6 +43,7 @@ def services(stack: BenchStack) -> Any:
     from service.store.environments import EnvironmentStore
     from service.store.manifests import ManifestRefs
     from service.store.promotions import PromotionStore
+    from service.store.referrers import ReferrerIndex
     from service.store.retention import RetentionStore
     from service.store.scans import ScanStore
     from service.store.tagmap import TagMap
@@ -51,7 +52,8 @@ def services(stack: BenchStack) -> Any:
     return SimpleNamespace(redis=r, tags=TagMap(r), bindings=TagBindings(r),
                            environments=EnvironmentStore(r), promotions=PromotionStore(r),
                            manifests=ManifestRefs(r), retention=RetentionStore(r),
-                           scans=ScanStore(r), registry=NoRegistry())
+                           scans=ScanStore(r), referrers=ReferrerIndex(r),
+                           registry=NoRegistry())
 
 
 def seed(svc: Any, now: float) -> None:

@@ -111,7 +111,8 @@ def snapshot(svc: Services, repository: str, policy: Policy, rules: Retention, n
         env_tags={t: d for t, d in tagmap.items() if t in policy.environments},
         history=history, pushed={**pushed, **unseen},
         children={d: list(r["children"]) for d, r in refs.items() if r.get("children")},
-        busy=dict(_busy(svc, repository, policy, present)))
+        busy=dict(_busy(svc, repository, policy, present)),
+        subjects=svc.referrers.subjects(repository))
     return snap, refs
 
 

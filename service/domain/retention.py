@@ -7,9 +7,10 @@ tag), the last `keep_per_environment` distinct earlier digests of each environme
 rollback targets, numbered as `POST /rollbacks` would reach them: #1 is "previous"), the
 newest `keep_releases` digests carrying a `semver` or `git-sha` tag, anything pushed within
 `keep_newer_than`, digests something is still working on (a promotion in flight, a pending
-approval, a scan), untagged digests when `delete_untagged` is off, and the children of every
-kept index. A digest's tags all go with it (the registry removes them together), so a digest
-is deleted only when none of its tags is kept: keeping is decided per digest.
+approval, a scan), untagged digests when `delete_untagged` is off, the children of every
+kept index and the referrers (SBOMs, signatures) of every kept digest. A digest's tags all
+go with it (the registry removes them together), so a digest is deleted only when none of its
+tags is kept: keeping is decided per digest.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class RepositorySnapshot:
     pushed: dict[str, float] = field(default_factory=dict)  # digest -> first seen (epoch s)
     children: dict[str, list[str]] = field(default_factory=dict)  # index -> its manifests
     busy: dict[str, list[str]] = field(default_factory=dict)  # digest -> work in progress
+    subjects: dict[str, str] = field(default_factory=dict)  # referrer -> its subject (OCI 1.1)
 
 
 @dataclass
@@ -132,27 +134,33 @@ def select(snap: RepositorySnapshot, rules: Retention, now: float) -> Selection:
         if (not rules.delete_untagged and not snap.tags.get(digest)
                 and digest not in children_of_any):
             reasons[digest].append("untagged, and delete_untagged is off")
-    _keep_children(snap, reasons)
+    _keep_dependents(snap, reasons)
     kept = {d: reasons[d] for d in sorted(snap.present) if reasons.get(d)}
     doomed = snap.present - kept.keys()
     return Selection(kept=kept, deleted=parents_first(doomed, snap.children))
 
 
-def _keep_children(snap: RepositorySnapshot, reasons: dict[str, list[str]]) -> None:
-    """Every manifest a kept index holds stays with it (nested indexes included)."""
-    frontier = sorted(d for d, why in reasons.items() if why and snap.children.get(d))
+def _keep_dependents(snap: RepositorySnapshot, reasons: dict[str, list[str]]) -> None:
+    """Every manifest a kept index holds, and every referrer of a kept digest, stays with it
+    (nested indexes, a signature of an SBOM, ... included)."""
+    referrers: dict[str, list[str]] = defaultdict(list)
+    for referrer, subject in sorted(snap.subjects.items()):
+        if referrer in snap.present:
+            referrers[subject].append(referrer)
+    frontier = sorted(d for d, why in reasons.items() if why)
     done: set[str] = set()
     while frontier:
-        index = frontier.pop(0)
-        if index in done:
+        digest = frontier.pop(0)
+        if digest in done:
             continue
-        done.add(index)
-        for child in snap.children.get(index, ()):
-            why = f"in kept index {index}"
-            if why not in reasons[child]:
-                reasons[child].append(why)
-            if snap.children.get(child) and child not in done:
-                frontier.append(child)
+        done.add(digest)
+        dependents = [(c, f"in kept index {digest}") for c in snap.children.get(digest, ())]
+        dependents += [(r, f"referrer of kept {digest}") for r in referrers.get(digest, ())]
+        for dependent, why in dependents:
+            if why not in reasons[dependent]:
+                reasons[dependent].append(why)
+            if dependent not in done:
+                frontier.append(dependent)
 
 
 def parents_first(doomed: set[str], children: dict[str, list[str]]) -> list[str]:

@@ -22,6 +22,7 @@ from service.schemas.policy import dump_policy, load_policy
 from service.store.bindings import TagBindings
 from service.store.events import EventStore
 from service.store.manifests import ManifestRefs
+from service.store.referrers import ReferrerIndex
 from service.store.retention import RetentionStore
 from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
@@ -94,6 +95,17 @@ def test_children_of_a_kept_index_stay_and_go_with_a_deleted_one() -> None:
                         d(2): [f"in kept index {d(1)}"], d(3): [f"in kept index {d(1)}"],
                         d(6): ["untagged, and delete_untagged is off"]}
     assert out.deleted == [d(4), d(5)]  # the index before its child
+
+
+def test_referrers_of_a_kept_digest_stay_and_the_others_go() -> None:
+    s = snap(present={d(1), d(2), d(3), d(4), d(5)}, tags={d(1): ["v1.0.0"], d(4): ["old"]},
+             subjects={d(2): d(1), d(3): d(2), d(5): d(4), d(9): d(1)},  # d9: not present
+             pushed={d(n): 0.0 for n in range(1, 6)})
+    out = select(s, Retention(keep_releases=1, keep_newer_than=0), NOW)
+    assert out.kept == {d(1): ["release v1.0.0 among the newest 1"],
+                        d(2): [f"referrer of kept {d(1)}"],
+                        d(3): [f"referrer of kept {d(2)}"]}  # a signature of the SBOM
+    assert out.deleted == [d(4), d(5)]
 
 
 def test_an_environment_tag_the_pointer_disagrees_with_keeps_its_digest() -> None:
@@ -195,6 +207,7 @@ class Model:
     history: dict[str, list[str]] = field(default_factory=dict)  # env -> digests, oldest first
     pointers: dict[str, str] = field(default_factory=dict)
     scanning: dict[str, str] = field(default_factory=dict)  # digest -> its active scan
+    subjects: dict[str, str] = field(default_factory=dict)  # referrer -> subject
 
     # the promotion and environment stores retention reads (their Lua lives in real Redis)
     def distinct_digests(self, repository: str, environment: str, count: int) -> list[str]:
@@ -254,6 +267,23 @@ class Model:
         else:
             self.image(None)
 
+    def refer(self, pick: int) -> None:
+        """An SBOM pushed for an existing digest (untagged, with a subject)."""
+        candidates = sorted(self.registry.manifests)
+        if not candidates:
+            return
+        subject = candidates[pick % len(candidates)]
+        self.clock += 60
+        self.counter += 1
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest"
+                           ".v1+json", "artifactType": "application/spdx+json",
+                           "config": {"digest": d(3 * 10**6 + self.counter), "size": 2},
+                           "layers": [], "subject": {"digest": subject, "size": 1}}).encode()
+        digest = self.registry.put(body, "application/vnd.oci.image.manifest.v1+json")
+        self._record(digest, None, False)
+        self.svc.referrers.add(REPO, subject, {"digest": digest, "size": len(body)})
+        self.subjects[digest] = subject
+
     def promote(self, env: str, pick: int) -> None:
         candidates = sorted(self.registry.manifests)
         if not candidates:
@@ -296,7 +326,8 @@ def services(registry: FakeRegistry) -> tuple[Any, Model]:
     svc = SimpleNamespace(redis=r, tags=TagMap(r), bindings=TagBindings(r),
                           manifests=ManifestRefs(r), retention=RetentionStore(r),
                           scans=ScanStore(r), events=EventStore(r),
-                          subscriptions=SubscriptionStore(r), registry=registry)
+                          subscriptions=SubscriptionStore(r), referrers=ReferrerIndex(r),
+                          registry=registry)
     model = Model(svc, registry)
     svc.promotions = svc.environments = model
     svc.tags.mark_complete(REPO)
@@ -311,6 +342,7 @@ OPS = st.one_of(
     st.tuples(st.just("rollback"), st.sampled_from(ENVS)),
     st.tuples(st.just("wait"), st.integers(1, 3 * 86400)),
     st.tuples(st.just("scan"), st.integers(0, 50)),
+    st.tuples(st.just("refer"), st.integers(0, 50)),
 )
 RULES = st.builds(Retention, keep_per_environment=st.integers(0, 3),
                   keep_releases=st.integers(0, 4),
@@ -356,9 +388,16 @@ def must_keep(model: Model, rules: Retention) -> dict[str, str]:
             keep[digest] = "scan"
         if not rules.delete_untagged and not tags_of.get(digest) and digest not in kids:
             keep[digest] = "untagged"
-    for digest in list(keep):
-        for child in model.children.get(digest, ()):
-            keep.setdefault(child, "child")
+    grown = True
+    while grown:  # children of kept indexes, referrers of kept digests, to a fixpoint
+        grown = False
+        for digest in list(keep):
+            dependents = list(model.children.get(digest, ()))
+            dependents += [r for r, subject in model.subjects.items() if subject == digest]
+            for dependent in dependents:
+                if dependent not in keep:
+                    keep[dependent] = "child or referrer"
+                    grown = True
     return keep
 
 
