@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import blobs, history, load, manifests, promotions, report, scans, webhooks  # noqa: E402
+from bench import retention as retention_bench  # noqa: E402
 from bench import stack as stack_mod  # noqa: E402
 from bench.config import Config, make  # noqa: E402
 from bench.report import Row  # noqa: E402
@@ -43,6 +44,7 @@ BENCHMARKS: list[tuple[str, str, Callable[..., Row]]] = [
     ("gateway_rss", "blobs", lambda s, c, ctx: blobs.rss(s, c, ctx["blobs"])),
     ("history", "history", lambda s, c, ctx: history.run(s, c)),
     ("scan", "scans", lambda s, c, ctx: scans.run(s, c)),
+    ("retention", "retention", lambda s, c, ctx: retention_bench.run(s, c)),
 ]
 ORDER = [name for name, _, _ in BENCHMARKS]
 TITLES = {
@@ -73,6 +75,8 @@ TITLES = {
                 "≤ 1.2×"),
     "scan": ("scan of a ~500 MiB, 5-layer image", "download + decompress the layers only",
              "≤ 1.5× that time, worker RSS < 256 MiB"),
+    "retention": ("retention selection, repository with 10,000 tags (+2,000 untagged digests)",
+                  "—", "— (reported)"),
 }
 
 
@@ -84,7 +88,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="run only these benchmarks or families (repeatable, or "
                              "comma-separated): " + ", ".join(n for n, _, _ in BENCHMARKS)
                              + "; families: blobs, manifests, promotions, history, webhooks, "
-                               "scans")
+                               "scans, retention")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds per benchmark (default 5, --quick 3)")
     parser.add_argument("--profile", action="store_true",

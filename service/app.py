@@ -38,10 +38,19 @@ def _settings(config: Any) -> Settings:
 
 def api_blueprints() -> list[Blueprint]:
     """Every /api/v1 blueprint, in the order the spec lists them."""
-    from service.api import approvals, bindings, events, policies, promotions, scans, tokens
+    from service.api import (
+        approvals,
+        bindings,
+        events,
+        policies,
+        promotions,
+        retention,
+        scans,
+        tokens,
+    )
 
     return [policies.blp, promotions.blp, scans.blp, events.blp, tokens.blp, bindings.blp,
-            approvals.blp]
+            approvals.blp, retention.blp]
 
 
 def seed_policies(app: Flask, svc: Services) -> None:

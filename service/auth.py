@@ -142,6 +142,7 @@ API_RULES: dict[str, tuple[str, str]] = {
     "approvals.create_approval": ("reader", "repository"),
     "approvals.withdraw_approval": ("reader", ""),
     "approvals.create_verification": ("ci", "repository+environment"),
+    "retention.create_run": ("admin", "repository"),
 }
 
 

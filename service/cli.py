@@ -574,7 +574,39 @@ def build_parser() -> argparse.ArgumentParser:
     from service.cli_evidence import add_evidence_parsers
 
     add_evidence_parsers(sub, _api_options())
+    add_gc_parser(sub)
     return parser
+
+
+def add_gc_parser(sub: Any) -> None:
+    """`tagwarden gc`: the registry's garbage collection after retention deleted manifests."""
+    gc = sub.add_parser("gc", help="run the registry's garbage collection (registry stopped or "
+                        "read-only!) and report the bytes reclaimed on disk")
+    gc.add_argument("--config", required=True, help="the registry's config.yml")
+    gc.add_argument("--registry-binary", default="docker-registry",
+                    help="the distribution binary (`registry` in the registry:2 image)")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Run the registry's garbage collection; print the bytes it reclaimed on disk."""
+    from pathlib import Path
+
+    from service.gc import GCError, collect
+
+    try:
+        result = collect(Path(args.config), args.registry_binary, args.dry_run)
+    except GCError as exc:
+        print(f"tagwarden gc: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"reclaimed {result['bytes_reclaimed']} bytes in {result['storage']} "
+              f"({result['bytes_before']} -> {result['bytes_after']}"
+              f"{', dry run' if result['dry_run'] else ''})")
+    return 0
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -696,6 +728,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "vulndb": cmd_vulndb,
     "scan": cmd_scan,
     "openapi": cmd_openapi,
+    "gc": cmd_gc,
 }
 
 

@@ -16,7 +16,7 @@ from service.services import Services
 
 EVENT_TYPES = ("promotion.succeeded", "promotion.denied", "rollback.succeeded",
                "scan.completed", "scan.failed", "push.denied", "drift.detected",
-               "approval.granted", "approval.withdrawn")
+               "approval.granted", "approval.withdrawn", "retention.deleted")
 LINKS = {"promotion.succeeded": "promotions", "rollback.succeeded": "promotions",
          "scan.completed": "scans", "scan.failed": "scans"}
 

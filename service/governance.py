@@ -226,6 +226,7 @@ def after_manifest_put(svc: Services, repository: str, tag: str | None, digest: 
     tag's lock, released in the same round trip)."""
     if tag:
         svc.tags.set(repository, tag, digest, lock, bind=lock is not None)
+    svc.retention.mark_pushed(repository, digest)  # retention's `keep_newer_than` clock
 
 
 def after_manifest_delete(svc: Services, repository: str, digest: str) -> None:
@@ -235,6 +236,7 @@ def after_manifest_delete(svc: Services, repository: str, digest: str) -> None:
     for tag, known in svc.tags.all(repository).items():
         if known == digest:
             svc.tags.forget(repository, tag)
+    svc.retention.forget(repository, [digest])
 
 
 UNTAG_ANNOTATION = "io.tagwarden.untag"

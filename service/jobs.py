@@ -14,7 +14,10 @@ RECONCILE = "workers.reconcile.reconcile"
 DRAIN = "workers.events.drain"
 DELIVER = "workers.deliveries.deliver"
 SCAN = "workers.scan.run_scan"
-JOBS = (RECONCILE, DRAIN, DELIVER, SCAN)
+RETENTION = "workers.retention.run_retention"
+RETENTION_TICK = "workers.retention.tick"
+JOBS = (RECONCILE, DRAIN, DELIVER, SCAN, RETENTION, RETENTION_TICK)
+RETENTION_TICK_SECONDS = 60  # cron's resolution
 
 
 def enqueue_reconcile(queue: Queue, delay: timedelta | None = None) -> Job:
@@ -54,3 +57,23 @@ def enqueue_scan(queue: Queue, scan_id: str, timeout: int) -> Job:
     return queue.enqueue(SCAN, scan_id, job_id=f"scan-{scan_id}", job_timeout=timeout,
                          result_ttl=3600, failure_ttl=7 * 24 * 3600,
                          retry=Retry(max=3, interval=[5, 30, 120]), meta=job_meta())
+
+
+def enqueue_retention(queue: Queue, run_id: str) -> Job:
+    """Queue one retention run (its record is written first); a retry re-plans from scratch,
+    so deletions already done are not repeated."""
+    return queue.enqueue(RETENTION, run_id, job_id=f"retention-{run_id}", job_timeout=3600,
+                         result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+                         retry=Retry(max=2, interval=[30, 120]), meta=job_meta())
+
+
+def enqueue_retention_tick(queue: Queue) -> Job:
+    """Queue the next look at the retention schedules, at the next minute; one per minute
+    however many processes ask (same job id)."""
+    import time
+
+    seconds = RETENTION_TICK_SECONDS
+    slot = int((time.time() + seconds) // seconds)
+    return queue.enqueue_in(timedelta(seconds=seconds), RETENTION_TICK,
+                            job_id=f"tagwarden-retention-tick-{slot}", job_timeout=300,
+                            result_ttl=600, failure_ttl=24 * 3600, meta=job_meta())

@@ -42,6 +42,7 @@ AUDITED = {
     "approvals.create_approval": "approval.grant",
     "approvals.withdraw_approval": "approval.withdraw",
     "approvals.create_verification": "verification.record",
+    "retention.create_run": "retention.run",
 }
 VULNDB_IMPORT_ENDPOINT = "scans.import_vulndb"
 

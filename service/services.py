@@ -21,6 +21,7 @@ from service.store.manifests import ManifestRefs
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
 from service.store.referrers import ReferrerIndex
+from service.store.retention import RetentionStore
 from service.store.scans import ScanStore
 from service.store.subscriptions import SubscriptionStore
 from service.store.tagmap import TagMap
@@ -57,6 +58,7 @@ class Services:
     referrers: ReferrerIndex
     approvals: ApprovalStore
     verifications: VerificationStore
+    retention: RetentionStore
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -91,4 +93,5 @@ class Services:
             referrers=ReferrerIndex(client),
             approvals=ApprovalStore(client),
             verifications=VerificationStore(client),
+            retention=RetentionStore(client),
         )

@@ -78,6 +78,7 @@ def on_manifest_push(svc: Services, event: dict[str, Any]) -> None:
     """Index a referrer, learn the tag, heal environment/immutable tags moved behind the
     gateway's back, scan."""
     repository, digest, tag = event["repository"], event["digest"], event.get("tag")
+    svc.retention.mark_pushed(repository, digest)  # also pushes behind the gateway's back
     if event.get("media_type") in SUBJECT_TYPES:  # tagged or not: a referrer is often neither
         referrers.index_from_registry(svc, repository, digest)
     policy = governance.policy_for(svc, repository)

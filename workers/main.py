@@ -10,7 +10,7 @@ from rq import Queue, Worker
 
 from service import multiproc
 from service.config import Settings
-from service.jobs import enqueue_reconcile
+from service.jobs import enqueue_reconcile, enqueue_retention_tick
 from service.logs import setup_logging
 from service.store import connect
 
@@ -67,6 +67,7 @@ def run_worker(burst: bool = False) -> bool:
     preload()
     try:
         enqueue_reconcile(queue)  # finish whatever a crash left behind, at every start
+        enqueue_retention_tick(queue)  # retention schedules (ticks itself every minute)
         load_vulndb()
     except RedisError:
         log.warning("redis not reachable at start")

@@ -90,6 +90,19 @@ class PushRules:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """What a retention run keeps in each repository of the policy (issue 19); everything
+    else may go. `keep_newer_than` is in seconds; `schedule` is a cron expression or None
+    (runs only on demand)."""
+
+    keep_per_environment: int = 5
+    keep_releases: int = 20
+    keep_newer_than: int = 14 * 86400
+    delete_untagged: bool = True
+    schedule: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     """A named policy applying to repositories by glob; treat as immutable."""
 
@@ -100,6 +113,7 @@ class Policy:
     promotion: Mapping[str, Gate] = field(default_factory=dict)
     scan_on_push: bool = True
     on_drift: str = "restore"
+    retention: Retention | None = None  # None: retention never touches these repositories
 
     def gate(self, environment: str) -> Gate:
         """The gate into `environment` (the empty gate when none is configured)."""

@@ -186,6 +186,22 @@ class RegistryClient:
         self._raise_for(resp, "GET tags")
         return list(json.loads(resp.data).get("tags") or [])
 
+    def catalog(self, page: int = 1000, max_pages: int = 1000) -> list[str]:
+        """Every repository of the registry (its `/_catalog`, page by page)."""
+        found: list[str] = []
+        last = ""
+        for _ in range(max_pages):
+            query = f"n={page}" + (f"&last={quote(last, safe='')}" if last else "")
+            resp = self._read("GET", f"/v2/_catalog?{query}")
+            self._raise_for(resp, "GET catalog")
+            names = [n for n in json.loads(resp.data).get("repositories") or []
+                     if isinstance(n, str)]
+            found.extend(names)
+            if not names or not resp.headers.get("Link"):
+                break
+            last = names[-1]
+        return found
+
     @staticmethod
     def _raise_for(resp: urllib3.BaseHTTPResponse, what: str) -> None:
         if resp.status < 400:

@@ -35,6 +35,7 @@ from service.domain.policy_model import (
     Policy,
     PushRules,
     ReferrerRequirement,
+    Retention,
     ScanGate,
     VerifiedGate,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "PolicySchema",
     "PushRulesSchema",
     "ReferrerRequirementSchema",
+    "RetentionSchema",
     "ScanGateSchema",
     "dump_policy",
     "flatten_errors",
@@ -334,6 +336,33 @@ class PushRulesSchema(_Strict):
         return PushRules(**{k: tuple(v) for k, v in data.items()})
 
 
+def _check_cron(expression: str) -> None:
+    from service.domain.retention import valid_schedule
+
+    if not valid_schedule(expression):
+        raise ValidationError("a cron expression of 5 fields (minute hour day month weekday), "
+                              "e.g. '0 3 * * *'")
+
+
+class RetentionSchema(_Strict):
+    keep_per_environment = fields.Integer(load_default=5, strict=True,
+                                          validate=validate.Range(min=0, max=1000))
+    keep_releases = fields.Integer(load_default=20, strict=True,
+                                   validate=validate.Range(min=0, max=100_000))
+    keep_newer_than = Duration(load_default=14 * 86400)
+    delete_untagged = StrictBoolean(load_default=True)
+    schedule = fields.String(load_default=None, allow_none=True,
+                             validate=[validate.Length(max=100), _check_cron])
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> Retention:
+        return Retention(**data)
+
+    @post_dump
+    def prune(self, data: dict, **kwargs: Any) -> dict:
+        return {k: v for k, v in data.items() if v is not None}
+
+
 class PolicySchema(_Strict):
     name = fields.String(required=True, validate=_check_name)
     repositories = fields.List(
@@ -348,6 +377,7 @@ class PolicySchema(_Strict):
     promotion = GateMap(load_default=dict)
     scan_on_push = StrictBoolean(load_default=True)
     on_drift = fields.String(load_default="restore", validate=validate.OneOf(ON_DRIFT))
+    retention = fields.Nested(RetentionSchema, load_default=None, allow_none=True)
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def check_promotion(self, data: dict, original: Any, **kwargs: Any) -> None:
@@ -376,7 +406,14 @@ class PolicySchema(_Strict):
             promotion={env: data["promotion"].get(env, Gate()) for env in envs},
             scan_on_push=data["scan_on_push"],
             on_drift=data["on_drift"],
+            retention=data["retention"],
         )
+
+    @post_dump
+    def prune_retention(self, data: dict, **kwargs: Any) -> dict:
+        if data.get("retention") is None:
+            data.pop("retention", None)
+        return data
 
 
 def _gate_order_errors(env: str, gate: Mapping, envs: list[str]) -> dict[str, list[str]]:

@@ -222,6 +222,27 @@ class PromotionStore:
         found = self.r.xrevrange(key("history", "env", repository, environment), count=count)
         return [json.loads(fields["d"]) for _, fields in found]
 
+    def distinct_digests(self, repository: str, environment: str, count: int,
+                         page_size: int = 200, max_records: int = 100_000) -> list[str]:
+        """Up to `count` distinct digests an environment pointed to, newest first (read page
+        by page: many re-promotions of the same digest do not hide older ones)."""
+        stream = key("history", "env", repository, environment)
+        found: list[str] = []
+        upper, read = "+", 0
+        while len(found) < count and read < max_records:
+            page_ = self.r.xrevrange(stream, max=upper, min="-", count=page_size)
+            for _, fields in page_:
+                digest = json.loads(fields["d"])["digest"]
+                if digest not in found:
+                    found.append(digest)
+                    if len(found) == count:
+                        break
+            read += len(page_)
+            if len(page_) < page_size:
+                break
+            upper = "(" + page_[-1][0]
+        return found
+
     def reached(self, repository: str, digest: str, environments: list[str]) -> dict[str, str]:
         """{environment: first time the digest reached it} for the given environments."""
         if not environments:

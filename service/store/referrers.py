@@ -52,6 +52,10 @@ class ReferrerIndex:
         return [json.loads(raw)
                 for raw in self.r.hgetall(referrers_key(repository, subject)).values()]
 
+    def subjects(self, repository: str) -> dict[str, str]:
+        """Referrer digest → the subject it names, for every indexed referrer (retention)."""
+        return {d: s for d, s in self.r.hgetall(subjects_key(repository)).items() if s}
+
     def remove(self, repository: str, digest: str) -> str | None:
         """Forget a deleted manifest; the subject it referred to, if any."""
         subject = self.r.hget(subjects_key(repository), digest)

@@ -40,6 +40,13 @@ class ScanStore:
         finally:
             pipe.reset()
 
+    def active_many(self, digests: list[str]) -> dict[str, str]:
+        """{digest: its queued or running scan's id} for those of `digests` that have one."""
+        if not digests:
+            return {}
+        found = self.r.mget([key("scan-active", d) for d in digests])
+        return {d: s for d, s in zip(digests, found, strict=True) if s}
+
     def create(self, scan: dict[str, Any]) -> None:
         """Store a new scan and index it."""
         ref = json.dumps({"id": scan["id"]})

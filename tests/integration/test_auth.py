@@ -180,6 +180,10 @@ EXPECTED: dict[tuple[str, str], tuple[str, Request]] = {
         "result": "passed"})),
     ("GET", "/api/v1/verifications"): (
         "reader", lambda w: (f"/api/v1/verifications?repository={TEAM}", None)),
+    ("POST", "/api/v1/retention/runs"): ("admin", lambda w: (
+        "/api/v1/retention/runs", {"repository": "team-a/none-*", "dry_run": True})),
+    ("GET", "/api/v1/retention/runs/<string:run_id>"): (
+        "reader", lambda w: ("/api/v1/retention/runs/ret_unknown", None)),
     ("POST", "/api/v1/webhooks/registry"): (WEBHOOK, lambda w: (
         "/api/v1/webhooks/registry", {"events": []})),
 }

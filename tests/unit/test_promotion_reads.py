@@ -21,6 +21,7 @@ from service.store.environments import EnvironmentStore
 from service.store.policies import PolicyStore
 from service.store.promotions import PromotionStore
 from service.store.referrers import ReferrerIndex
+from service.store.retention import RetentionStore
 from service.store.scans import ScanStore
 from service.store.tagmap import TagMap
 from service.store.vulndb import VulnDB
@@ -58,7 +59,7 @@ def svc() -> SimpleNamespace:
                            promotions=PromotionStore(r), scans=ScanStore(r),
                            environments=EnvironmentStore(r),
                            policies=PolicyStore(r), vulndb=VulnDB(r), registry=Registry({}),
-                           referrers=ReferrerIndex(r))
+                           referrers=ReferrerIndex(r), retention=RetentionStore(r))
 
 
 def tags_of(svc: SimpleNamespace, digest: str, source_tag: str | None = None) -> list[str]:
