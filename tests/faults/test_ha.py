@@ -18,7 +18,7 @@ from service.store.tokens import ROSTER_REFRESH
 from tests.faults.conftest import report, start_fault_stack
 from tests.faults.test_faults import _history, _pointer, _policy, _push, _registry_tag
 from tests.helpers import oci, procs
-from tests.integration.conftest import Stack
+from tests.integration.conftest import TEST_ENV, Stack
 from tests.integration.test_webhooks import wait_for
 
 # the gateway's deadline for one Redis command (TAGWARDEN_REDIS_TIMEOUT) in these scenarios
@@ -167,3 +167,128 @@ def test_pulls_survive_a_redis_outage_and_writes_fail_fast(tmp_path: Path):
                restarts=0)
     finally:
         stack.stop()
+
+
+def _ha_stack(workdir: Path) -> tuple[Stack, procs.Proc, list[procs.Proc]]:
+    """The `make run-ha` topology on free ports (Redis fsyncing every write), a registry, a
+    gateway and a worker that find Redis through the sentinels and need one replica's
+    acknowledgement for a promotion."""
+    primary, replica, sentinels = procs.redis_ha(workdir / "redis", fsync="always")
+    gw_port = procs.free_port()
+    registry = procs.registry_server(workdir / "registry",
+                                     f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry")
+    env = procs.gateway_env(primary.port, registry.port, **TEST_ENV,
+                            TAGWARDEN_REDIS_SENTINELS=",".join(
+                                f"127.0.0.1:{s.port}" for s in sentinels),
+                            TAGWARDEN_REDIS_MIN_REPLICAS="1")
+    gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
+    stack = Stack(primary, registry, gateway, workdir, env)
+    stack.worker = procs.worker_process(workdir / "worker", env)
+    return stack, replica, sentinels
+
+
+def _master(sentinels: list[procs.Proc]) -> int | None:
+    """The primary's port as the first sentinel that answers sees it."""
+    for sentinel in sentinels:
+        try:
+            found = redis.Redis(port=sentinel.port, socket_timeout=1).execute_command(
+                "SENTINEL", "get-master-addr-by-name", "tagwarden")
+            return int(found[1])
+        except (redis.RedisError, TypeError):
+            continue
+    return None
+
+
+def test_primary_killed_during_promotions_fails_over(tmp_path: Path):
+    stack, replica, sentinels = _ha_stack(tmp_path)
+    try:
+        _policy(stack)
+        repo = "ha/failover"
+        images = [oci.simple_image(f"failover-{i}") for i in range(2)]
+        for i, image in enumerate(images):
+            _push(stack, tmp_path, image, f"{repo}:v1.0.{i}")
+        reader = _token(stack, "reader")[1]
+        stop_pulls = threading.Event()
+        pull_failures: list[tuple[str, int]] = []
+        pulls = [0]
+
+        def puller() -> None:
+            while not stop_pulls.is_set():
+                try:
+                    got = _pull(stack.gw_url, reader, repo, "v1.0.0")
+                except requests.RequestException as exc:
+                    got = [(type(exc).__name__, 0)]
+                pull_failures.extend(p for p in got if p[1] != 200)
+                pulls[0] += 1
+
+        pull_thread = threading.Thread(target=puller)
+        pull_thread.start()
+        time.sleep(ROSTER_REFRESH + 1)  # every gateway process knows the reader token
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {procs.ADMIN_TOKEN}"
+        results: list[tuple[int, dict | None, float, float]] = []
+        lock = threading.Lock()
+        started = threading.Event()
+
+        def client(n: int) -> None:
+            for i in range(25):
+                body = {"repository": repo, "environment": ["develop", "staging"][n % 2],
+                        "digest": images[(n + i) % 2].digest}
+                sent = time.monotonic()
+                try:
+                    resp = session.post(f"{stack.gw_url}/api/v1/promotions", json=body,
+                                        timeout=30)
+                    entry = (resp.status_code, resp.json(), sent, time.monotonic())
+                except requests.RequestException:
+                    entry = (0, None, sent, time.monotonic())
+                with lock:
+                    results.append(entry)
+                    if len(results) >= 40:
+                        started.set()
+                time.sleep(1.0)  # the burst spans before, during and after the failover
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        assert started.wait(60)
+        old_port = stack.redis.port
+        stack.redis.kill()  # SIGKILL of the primary
+        killed = time.monotonic()
+        wait_for(lambda: _master(sentinels) not in (None, old_port), timeout=30, interval=0.2)
+        failed_over = time.monotonic() - killed
+        stack.redis.start()  # as a supervisor would: it comes back, the sentinels demote it
+        for t in threads:
+            t.join(300)
+        stop_pulls.set()
+        pull_thread.join(60)
+        old = redis.Redis(port=old_port, decode_responses=True)
+        wait_for(lambda: old.info("replication")["role"] == "slave", timeout=60, interval=0.5)
+        assert old.info("replication")["master_port"] == replica.port
+
+        statuses = [status for status, *_ in results]
+        assert len(results) == 200
+        assert set(statuses) <= {201, 503, 409}, statuses
+        acknowledged = {body["id"] for status, body, *_ in results if status == 201}
+        recorded = {r["id"] for env in ("develop", "staging") for r in _history(stack, repo, env)}
+        # every 201 is in the history, nothing that got an error is
+        assert recorded == acknowledged
+        for env in ("develop", "staging"):
+            pointer = _pointer(stack, repo, env)
+            assert _registry_tag(stack, repo, env) == pointer
+            assert _history(stack, repo, env)[0]["digest"] == pointer
+        refused = [(sent, answered) for status, _, sent, answered in results if status != 201]
+        late = [status for status, _, sent, _ in results
+                if sent >= killed + FAILOVER_DEADLINE and status != 201]
+        assert late == []
+        assert pull_failures == [], pull_failures[:10]
+        unavailable = max((answered for _, answered in refused), default=killed) - killed
+        report("primary killed during 200 promotions (Sentinel failover)",
+               sent=len(results), acknowledged=len(acknowledged), refused=len(refused),
+               recorded=len(recorded), lost=0, failover_s=round(failed_over, 1),
+               writes_unavailable_s=round(unavailable, 1), pulls=pulls[0], pull_failures=0,
+               old_primary="replica")
+    finally:
+        stack.stop()
+        replica.stop()
+        for sentinel in sentinels:
+            sentinel.stop()
