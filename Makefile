@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server docker-registry skopeo nginx
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration bench conformance lint system-deps venv clean
+.PHONY: run run-ha test unit integration bench conformance lint system-deps venv clean
 
 system-deps:
 	@missing=""; \
@@ -38,6 +38,11 @@ venv:
 run: system-deps venv
 	$(BIN)/tagwarden dev
 
+# Redis primary (6380), replica (6381), three sentinels (26380-26382, master `tagwarden`),
+# registry, gateway and two workers; sentinels are `redis-server --sentinel` (no extra package)
+run-ha: system-deps venv
+	$(BIN)/tagwarden dev --ha
+
 test: system-deps venv
 	$(BIN)/pytest -p no:cacheprovider
 
@@ -60,4 +65,4 @@ lint: venv
 	$(BIN)/ruff check service workers tests bench
 
 clean:
-	rm -rf .data
+	rm -rf .data .data-ha

@@ -86,6 +86,8 @@ def create_app(config: Any = None) -> Flask:
     logs.configure(app, settings.log_format, settings.trust_forwarded)
     svc = Services.build(settings)
     app.extensions["tagwarden"] = svc
+    if settings.auth_stale_ttl:
+        svc.tokens.keep_warm()  # tokens verifiable by this process while Redis is down
     seed_policies(app, svc)
     api = Api(app)
     app.extensions["api"] = api

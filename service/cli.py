@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 
-def cmd_dev(_args: argparse.Namespace) -> int:
-    """Run the whole stack on loopback (what `make run` calls)."""
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Run the whole stack on loopback (what `make run` and `make run-ha` call)."""
     from service.stack import run
 
-    return run()
+    return run(ha=args.ha)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -535,7 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Every subcommand and its flags."""
     parser = argparse.ArgumentParser(prog="tagwarden", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="run redis, registry, gateway and worker on loopback")
+    dev = sub.add_parser("dev", help="run redis, registry, gateway and worker on loopback")
+    dev.add_argument("--ha", action="store_true", help="Redis primary, replica and three "
+                     "sentinels, two workers (what `make run-ha` runs)")
     worker = sub.add_parser("worker", help="run an RQ worker")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     reg = sub.add_parser("registry-config", help="render the registry's config.yml")

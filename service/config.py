@@ -75,6 +75,29 @@ def _allowlist(name: str, value: str) -> tuple[str, ...]:
     return items
 
 
+def _float(name: str, value: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name}={number} is outside {low}..{high}")
+    return number
+
+
+def _sentinels(name: str, value: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port,...` (at least one; each port 1..65535)."""
+    out = []
+    for item in (part.strip() for part in value.split(",")):
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or not all(
+                c.isalnum() or c in ".-:_" for c in host):
+            raise ConfigError(f"{name}: {item!r} is not host:port")
+        out.append((host, int(port)))
+    return tuple(out)
+
+
 def _path(name: str, value: str, must_exist: bool) -> str:
     if value and must_exist and not Path(value).exists():
         raise ConfigError(f"{name}={value!r} does not exist")
@@ -128,6 +151,19 @@ class Settings:
     reconcile_interval: int = 60
     worker_maintenance_interval: int = 60
     job_monitoring_interval: int = 10
+    # Redis through Sentinel (empty: TAGWARDEN_REDIS_URL names the server)
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "tagwarden"
+    # replicas that must acknowledge a durable write (WAIT) before it is answered
+    redis_min_replicas: int = 0
+    # seconds one Redis command of a request may take (then: 503 for writes, stale reads)
+    redis_timeout: float = 0.5
+    # seconds a token verified from Redis stays usable while Redis is unreachable
+    auth_stale_ttl: int = 3600
+    # retention of what grows without bound (approximate stream lengths)
+    events_max_len: int = 1_000_000
+    audit_max_len: int = 5_000_000
+    deliveries_max_len: int = 100_000
     # fault injection for tests only: seconds a promotion sleeps between registry and Redis
     fault_pause_after_registry_write: float = 0.0
 
@@ -203,6 +239,24 @@ class Settings:
             ("TAGWARDEN_RECONCILE_INTERVAL", "reconcile_interval", 5, 86400),
             ("TAGWARDEN_WORKER_MAINTENANCE_INTERVAL", "worker_maintenance_interval", 5, 3600),
             ("TAGWARDEN_JOB_MONITORING_INTERVAL", "job_monitoring_interval", 1, 600),
+        ):
+            if (v := get(name)) is not None:
+                values[attr] = _int(name, v, low, high)
+        if (v := get("TAGWARDEN_REDIS_SENTINELS")) is not None and v.strip():
+            values["redis_sentinels"] = _sentinels("TAGWARDEN_REDIS_SENTINELS", v)
+        if (v := get("TAGWARDEN_REDIS_SENTINEL_MASTER")) is not None:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v):
+                raise ConfigError(f"TAGWARDEN_REDIS_SENTINEL_MASTER={v!r} must be 1-64 letters, "
+                                  "digits, . _ or -")
+            values["redis_sentinel_master"] = v
+        if (v := get("TAGWARDEN_REDIS_TIMEOUT")) is not None:
+            values["redis_timeout"] = _float("TAGWARDEN_REDIS_TIMEOUT", v, 0.05, 30.0)
+        for name, attr, low, high in (
+            ("TAGWARDEN_REDIS_MIN_REPLICAS", "redis_min_replicas", 0, 16),
+            ("TAGWARDEN_AUTH_STALE_TTL", "auth_stale_ttl", 0, 7 * 86400),
+            ("TAGWARDEN_EVENTS_MAX_LEN", "events_max_len", 1000, 10**9),
+            ("TAGWARDEN_AUDIT_MAX_LEN", "audit_max_len", 1000, 10**9),
+            ("TAGWARDEN_DELIVERIES_MAX_LEN", "deliveries_max_len", 100, 10**9),
         ):
             if (v := get(name)) is not None:
                 values[attr] = _int(name, v, low, high)

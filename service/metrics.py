@@ -237,6 +237,9 @@ class QueueCollector(Collector):
         from redis import RedisError
 
         queue = self.svc.queue
+        breaker = getattr(self.svc, "breaker", None)
+        if breaker is not None and breaker.is_open:
+            return  # Redis is unreachable: a scrape does not wait for it
         family = GaugeMetricFamily("tagwarden_queue_jobs", "RQ jobs by state",
                                    labels=["queue", "state"])
         try:

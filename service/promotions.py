@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from service import metrics, notify, referrers
 from service.domain.durations import format_time
@@ -20,6 +20,7 @@ from service.domain.errors import (
     NotFound,
     PolicyDenied,
     RegistryUnavailable,
+    StoreUnavailable,
     Unprocessable,
 )
 from service.domain.gates import approval_tally
@@ -32,6 +33,9 @@ from service.store.promotions import GateInputs
 
 log = logging.getLogger("tagwarden.promotions")
 SOURCES = ("tag", "digest", "from_environment")
+# How long a promotion whose commit had an unclear outcome (Redis failing over mid-commit)
+# keeps looking before it answers 503: longer than a Sentinel failover takes.
+SETTLE_SECONDS = 20.0
 
 
 def new_id() -> str:
@@ -258,13 +262,17 @@ def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: st
                                                 "status": 201, "body": record}} if idem else None
         written = current != record["digest"]
         if written:
-            svc.promotions.write_intent({"record": record, "created_ms": created_ms,
-                                         "repository": repository, "environment": environment,
-                                         "idempotency": idem})
+            _write_intent(svc, {"record": record, "created_ms": created_ms,
+                                "repository": repository, "environment": environment,
+                                "idempotency": idem})
             _registry_write(svc, record, manifest)
             if svc.settings.fault_pause_after_registry_write:  # fault-injection tests only
                 time.sleep(svc.settings.fault_pause_after_registry_write)
-        svc.promotions.commit(record, current, created_ms, answer, written=written, lock=lock)
+        try:
+            svc.promotions.commit(record, current, created_ms, answer, written=written,
+                                  lock=lock)
+        except RedisError as exc:
+            return settle(svc, record, exc)
         return record
     finally:
         if lock.local.token is not None:  # not yet released by the commit
@@ -272,6 +280,49 @@ def move(svc: Services, record: dict[str, Any], manifest: Manifest, expected: st
                 lock.release()
             except LockError:
                 log.warning("lock on %s %s expired before release", repository, environment)
+
+
+def _write_intent(svc: Services, intent: dict[str, Any]) -> None:
+    """The intent, on min_replicas replicas too, before the registry is touched; when they
+    do not acknowledge it, it is taken back and the promotion refused (nothing written)."""
+    try:
+        svc.promotions.write_intent(intent)
+    except RedisError:
+        try:
+            svc.promotions.drop_intent(intent["repository"], intent["environment"])
+        except RedisError:
+            pass  # never reached the registry: reconciliation drops it
+        raise
+
+
+def settle(svc: Services, record: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """The commit's outcome is unclear (Redis failed, failed over, or its replicas did not
+    acknowledge): look until it is decided, so that the answer is the truth — 201 when the
+    record is in Redis (on min_replicas replicas), 503 when it is not and never will be.
+    An intent of this promotion still pending is finished (registry tag written) or dropped
+    here, as reconciliation would."""
+    repository, environment = record["repository"], record["environment"]
+    deadline = time.monotonic() + SETTLE_SECONDS
+    log.warning("promotion %s: commit unclear (%s); settling", record["id"], type(exc).__name__)
+    while True:
+        try:
+            if svc.promotions.confirm(record["id"]):
+                return record
+            intent = svc.promotions.intent(repository, environment)
+            if intent is None or intent["record"]["id"] != record["id"]:
+                raise StoreUnavailable(f"promotion of {repository} to {environment} was not "
+                                       "recorded (the state store failed); nothing changed")
+            if reconcile_intent(svc, repository, environment, intent) is None:
+                raise StoreUnavailable(f"promotion of {repository} to {environment} was not "
+                                       "completed; nothing changed")
+        except (RedisError, Conflict) as failure:
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"promotion {record['id']} of {repository} to {environment}: the state "
+                    f"store did not confirm it within {SETTLE_SECONDS:.0f} s ({failure}); "
+                    "reconciliation completes or drops it, GET /api/v1/promotions/"
+                    f"{record['id']} tells which") from None
+            time.sleep(0.25)
 
 
 def idempotent(svc: Services, idem_key: str | None, fp: str, run: Any

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +56,64 @@ class RateLimited(DomainError):
     status = 429
 
 
+class FailOpenLimiter:
+    """A fixed-window limit counted in Redis that never stands between a caller and a
+    service that works without Redis: while Redis is unreachable every call is let through
+    and its hits are kept here (bounded), to be counted once Redis answers again."""
+
+    PENDING_MAX = 10_000  # distinct identifiers remembered during an outage
+
+    def __init__(self, svc: Services, limit: str, prefix: str) -> None:
+        # the gateway's own client: behind its breaker, so an outage costs no timeout here
+        storage = RedisStorage("redis://", connection_pool=svc.redis.connection_pool,
+                               key_prefix=prefix, wrap_exceptions=True)
+        self.limiter = FixedWindowRateLimiter(storage)
+        self.item: RateLimitItem = parse(limit)
+        self.limit = limit
+        self.pending: Counter[tuple[str, ...]] = Counter()
+        self._lock = threading.Lock()
+        if svc.breaker is not None:
+            svc.breaker.listeners.append(self.catch_up)
+
+    def hit(self, *identifiers: str) -> bool:
+        """Count one hit; False when over the limit (True while Redis is unreachable)."""
+        try:
+            return self.limiter.hit(self.item, *identifiers)
+        except (StorageError, redis.RedisError) as exc:
+            self._defer(identifiers, exc)
+            return True
+
+    def reset_in(self, *identifiers: str) -> float | None:
+        """Seconds until the window of a caller over the limit ends; None when under it (or
+        while Redis is unreachable)."""
+        try:
+            if self.limiter.test(self.item, *identifiers):
+                return None
+            reset = self.limiter.get_window_stats(self.item, *identifiers).reset_time
+        except (StorageError, redis.RedisError) as exc:
+            log.warning("limiter %s unavailable (%s); not enforced", self.limit,
+                        type(exc).__name__)
+            return None
+        return reset - time.time()
+
+    def _defer(self, identifiers: tuple[str, ...], exc: Exception) -> None:
+        log.warning("limiter %s unavailable (%s); hit counted later", self.limit,
+                    type(exc).__name__)
+        with self._lock:
+            if identifiers in self.pending or len(self.pending) < self.PENDING_MAX:
+                self.pending[identifiers] += 1
+
+    def catch_up(self) -> None:
+        """Count the hits of the outage (called when Redis answers again)."""
+        with self._lock:
+            pending, self.pending = self.pending, Counter()
+        for identifiers, cost in pending.items():
+            try:
+                self.limiter.hit(self.item, *identifiers, cost=cost)
+            except (StorageError, redis.RedisError):
+                return
+
+
 class AuthFailureGuard:
     """Failed authentications counted per client address (TAGWARDEN_AUTH_FAILURE_LIMIT).
 
@@ -64,35 +124,23 @@ class AuthFailureGuard:
     successful ones never count. Without Redis the guard lets everything through (fails
     open): authentication itself still decides, and an outage never becomes a 500."""
 
-    def __init__(self, redis_url: str, limit: str) -> None:
-        storage = RedisStorage(redis_url, socket_timeout=1, socket_connect_timeout=1,
-                               key_prefix="tw:authfail", wrap_exceptions=True)
-        self.limiter = FixedWindowRateLimiter(storage)
-        self.item: RateLimitItem = parse(limit)
+    def __init__(self, svc: Services, limit: str) -> None:
+        self.counter = FailOpenLimiter(svc, limit, "tw:authfail")
         self.limit = limit
 
     def check(self, address: str) -> None:
         """RateLimited (with Retry-After) when the address is locked out."""
-        try:
-            if self.limiter.test(self.item, "address", address):
-                return
-            reset = self.limiter.get_window_stats(self.item, "address", address).reset_time
-        except (StorageError, redis.RedisError) as exc:
-            log.warning("auth failure limiter unavailable (%s); not enforced",
-                        type(exc).__name__)
+        reset_in = self.counter.reset_in("address", address)
+        if reset_in is None:
             return
-        wait = max(1, math.ceil(reset - time.time()))
+        wait = max(1, math.ceil(reset_in))
         raise RateLimited(f"too many failed authentications from {address} (limit "
                           f"{self.limit}); try again in {wait} s",
                           headers={"Retry-After": str(wait)})
 
     def failed(self, address: str) -> None:
-        """Count one failed authentication of the address."""
-        try:
-            self.limiter.hit(self.item, "address", address)
-        except (StorageError, redis.RedisError) as exc:
-            log.warning("auth failure limiter unavailable (%s); failure not counted",
-                        type(exc).__name__)
+        """Count one failed authentication of the address (later, during an outage)."""
+        self.counter.hit("address", address)
 
 
 def _set_actor(principal: auth.Principal | None) -> None:
@@ -166,12 +214,9 @@ def _registry_refusal(svc: Services, principal: auth.Principal | None, route: ro
 def install(app: Flask, svc: Services) -> None:
     """Register the hooks on the app."""
     settings = svc.settings
-    limiter = None
-    if settings.rate_limit != "off":
-        storage = RedisStorage(settings.redis_url, socket_timeout=2,
-                               socket_connect_timeout=1, key_prefix="tw:rate")
-        limiter = (FixedWindowRateLimiter(storage), parse(settings.rate_limit))
-    guard = (AuthFailureGuard(settings.redis_url, settings.auth_failure_limit)
+    limiter = (FailOpenLimiter(svc, settings.rate_limit, "tw:rate")
+               if settings.rate_limit != "off" else None)
+    guard = (AuthFailureGuard(svc, settings.auth_failure_limit)
              if settings.auth_failure_limit != "off" else None)
 
     def authenticated(resolve: Callable[[str | None], Any]) -> Any:
@@ -205,7 +250,7 @@ def install(app: Flask, svc: Services) -> None:
                 request.stream.read(1)
             principal = authenticated(lambda header: auth.from_bearer(svc, header))
             _set_actor(principal)
-            if limiter is not None and not limiter[0].hit(limiter[1], "api", principal.id):
+            if limiter is not None and not limiter.hit("api", principal.id):
                 raise RateLimited(f"rate limit {settings.rate_limit} exceeded for token "
                                   f"{principal.name!r}")
             body = peek_json(strict=True)
@@ -222,6 +267,10 @@ def install(app: Flask, svc: Services) -> None:
                 auth.authorize_registry(principal, needs, settings.anonymous_pull)
             except Forbidden as exc:
                 raise _registry_refusal(svc, principal, route, exc) from None
+            if request.method not in ("GET", "HEAD"):
+                # a push or delete needs the store (policy, tag map, bindings) at its end:
+                # refuse it before the registry holds half of it
+                svc.redis.ping()
         elif (path in DOC_PATHS or path.startswith("/docs/")) and not settings.open_docs:
             _set_actor(authenticated(lambda header: auth.from_bearer(svc, header)))
         elif path == "/metrics" and not settings.open_metrics:

@@ -31,6 +31,12 @@ from service.store.verifications import VerificationStore
 from service.store.vulndb import VulnDB
 
 
+def durable_ms(timeout: float) -> int:
+    """How long a write waits for replica acknowledgements (WAIT), in ms: well inside the
+    socket timeout of the connection that waits."""
+    return max(10, int(timeout * 600))
+
+
 @dataclass
 class Services:
     """Everything a request handler or a job needs, without Flask."""
@@ -59,14 +65,19 @@ class Services:
     approvals: ApprovalStore
     verifications: VerificationStore
     retention: RetentionStore
+    breaker: store.Breaker | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
-        """Connect everything (lazily: no network I/O happens here)."""
-        client = store.connect(settings.redis_url)
-        rq_client = store.connect(settings.redis_url, decode=False, timeout=10.0)
+    def build(cls, settings: Settings, timeout: float | None = None) -> Services:
+        """Connect everything (lazily: no network I/O happens here). `timeout`: seconds one
+        Redis command may take (default TAGWARDEN_REDIS_TIMEOUT, the request path's)."""
+        where = dict(sentinels=settings.redis_sentinels, master=settings.redis_sentinel_master)
+        client, breaker = store.guarded(settings.redis_url,
+                                        timeout=timeout or settings.redis_timeout, **where)
+        rq_client = store.connect(settings.redis_url, decode=False, timeout=10.0, **where)
         return cls(
             settings=settings,
+            breaker=breaker,
             redis=client,
             rq_redis=rq_client,
             queue=Queue(settings.queue_name, connection=rq_client),
@@ -79,13 +90,14 @@ class Services:
             tags=TagMap(client),
             bindings=TagBindings(client),
             manifests=ManifestRefs(client),
-            events=EventStore(client),
+            events=EventStore(client, settings.events_max_len),
             environments=EnvironmentStore(client),
-            promotions=PromotionStore(client),
-            inbox=Inbox(client),
-            subscriptions=SubscriptionStore(client),
-            tokens=TokenStore(client),
-            audit=AuditStore(client),
+            promotions=PromotionStore(client, settings.redis_min_replicas,
+                                       durable_ms(timeout or settings.redis_timeout)),
+            inbox=Inbox(client, settings.events_max_len),
+            subscriptions=SubscriptionStore(client, settings.deliveries_max_len),
+            tokens=TokenStore(client, settings.auth_stale_ttl),
+            audit=AuditStore(client, settings.audit_max_len),
             scans=ScanStore(client),
             vulndb=VulnDB(client),
             manifest_budget=MemoryBudget(settings.manifest_memory),

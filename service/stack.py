@@ -1,4 +1,5 @@
-"""`make run`: Redis, the registry, the gateway and a worker on loopback, supervised together."""
+"""`make run`: Redis, the registry, the gateway and a worker on loopback, supervised together.
+`make run-ha`: the same with a Redis primary, a replica and three sentinels, and two workers."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Child:
     log: Path
     port: str = ""  # host:port to wait for before starting the next child
     proc: subprocess.Popen[bytes] | None = None
+    essential: bool = True  # its death stops the stack (not so for a Redis of `run-ha`)
 
     def start(self) -> None:
         """Start in its own process group so it can be stopped as a whole."""
@@ -102,7 +104,39 @@ def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
     return False
 
 
-def build_children(data: Path) -> tuple[list[Child], dict[str, str]]:
+MASTER = "tagwarden"
+# Sentinel's verdict: a primary silent this long is down (then a failover takes ~1-2 s more)
+DOWN_AFTER_MS = 4000
+
+
+def redis_argv(host: str, port: int, data: Path, replica_of: str = "",
+               fsync: str = "everysec") -> list[str]:
+    """A redis-server with AOF on; `replica_of` (host:port) starts it as a replica."""
+    argv = [_need("redis-server"), "--bind", host, "--port", str(port), "--dir", str(data),
+            "--appendonly", "yes", "--appendfsync", fsync, "--save", "",
+            "--protected-mode", "yes"]
+    if replica_of:
+        argv += ["--replicaof", *replica_of.split(":")]
+    return argv
+
+
+def sentinel_argv(host: str, port: int, data: Path, primary: str,
+                  down_after_ms: int = DOWN_AFTER_MS) -> list[str]:
+    """A sentinel (`redis-server --sentinel`: no extra package) watching `primary` as MASTER,
+    quorum 2 of 3. Sentinel rewrites its config file, so each has its own in `data`."""
+    data.mkdir(parents=True, exist_ok=True)
+    phost, _, pport = primary.rpartition(":")
+    config = data / "sentinel.conf"
+    config.write_text("\n".join([
+        f"bind {host}", f"port {port}", f"dir {data}",
+        f"sentinel monitor {MASTER} {phost} {pport} 2",
+        f"sentinel down-after-milliseconds {MASTER} {down_after_ms}",
+        f"sentinel failover-timeout {MASTER} 20000",
+        f"sentinel parallel-syncs {MASTER} 1", ""]))
+    return [_need("redis-server"), str(config), "--sentinel"]
+
+
+def build_children(data: Path, ha: bool = False) -> tuple[list[Child], dict[str, str]]:
     """The four processes of the stack with their configuration."""
     bind = os.environ.get("TAGWARDEN_BIND", "127.0.0.1:8080")
     redis_addr = os.environ.get("TAGWARDEN_REDIS_ADDR", "127.0.0.1:6380")
@@ -136,17 +170,19 @@ def build_children(data: Path) -> tuple[list[Child], dict[str, str]]:
     rhost, _, rport = redis_addr.rpartition(":")
     bin_dir = Path(sys.executable).parent
     logs = data / "logs"
-    children = [
-        Child("redis", [_need("redis-server"), "--bind", rhost, "--port", rport,
-                        "--dir", str(data / "redis"), "--appendonly", "yes",
-                        "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes"],
-              env, logs / "redis.log", redis_addr),
+    children = [Child("redis", redis_argv(rhost, int(rport), data / "redis"), env,
+                      logs / "redis.log", redis_addr, essential=not ha)]
+    if ha:
+        children += ha_children(env, data, rhost, int(rport))
+    children += [
         Child("registry", [_need("docker-registry"), "serve", str(config)], env,
               logs / "registry.log", registry_addr),
         Child("gateway", [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
                           "service:create_app()"], env, logs / "gateway.log"),
-        Child("worker", [str(bin_dir / "tagwarden"), "worker"], env, logs / "worker.log"),
     ]
+    for name in ("worker", "worker2") if ha else ("worker",):
+        children.append(Child(name, [str(bin_dir / "tagwarden"), "worker"], env,
+                              logs / f"{name}.log"))
     return children, env
 
 
@@ -196,15 +232,39 @@ def write_stack_env(env: dict[str, str], data: Path) -> Path:
     return path
 
 
+def ha_children(env: dict[str, str], data: Path, host: str, port: int) -> list[Child]:
+    """A replica on port+1 and three sentinels on 26380-26382 (TAGWARDEN_SENTINEL_PORT: the
+    first); every Tagwarden process finds the primary through them."""
+    first = int(os.environ.get("TAGWARDEN_SENTINEL_PORT", "26380"))
+    sentinels = [f"{host}:{first + i}" for i in range(3)]
+    env["TAGWARDEN_REDIS_SENTINELS"] = ",".join(sentinels)
+    env.setdefault("TAGWARDEN_REDIS_SENTINEL_MASTER", MASTER)
+    env.setdefault("TAGWARDEN_REDIS_MIN_REPLICAS", "1")
+    (data / "redis-replica").mkdir(exist_ok=True)
+    logs = data / "logs"
+    children = [Child("redis-replica", redis_argv(host, port + 1, data / "redis-replica",
+                                                  replica_of=f"{host}:{port}"),
+                      env, logs / "redis-replica.log", f"{host}:{port + 1}", essential=False)]
+    for i, addr in enumerate(sentinels):
+        children.append(Child(f"sentinel{i + 1}", sentinel_argv(
+            host, first + i, data / f"sentinel{i + 1}", f"{host}:{port}"), env,
+            logs / f"sentinel{i + 1}.log", addr, essential=False))
+    return children
+
+
 def banner(env: dict[str, str], data: Path, ci_token: str) -> str:
     """What a newcomer needs to start pushing."""
     bind = env["TAGWARDEN_BIND"]
     queue = env.get("TAGWARDEN_QUEUE", "tagwarden")
+    sentinels = (f"   (found through sentinels {env['TAGWARDEN_REDIS_SENTINELS']}, master "
+                 f"{env.get('TAGWARDEN_REDIS_SENTINEL_MASTER', MASTER)})"
+                 if env.get("TAGWARDEN_REDIS_SENTINELS") else "")
     return f"""
 Tagwarden is up.
   gateway   http://{bind}   (docs: http://{bind}/docs, readiness: http://{bind}/readyz)
   registry  {env['TAGWARDEN_REGISTRY_URL']}   (upstream; push and pull through the gateway)
-  redis     {env['TAGWARDEN_REDIS_URL']}   (jobs: rq info -u {env['TAGWARDEN_REDIS_URL']} {queue})
+  redis     {env['TAGWARDEN_REDIS_URL']}{sentinels}
+  jobs      rq info -u {env['TAGWARDEN_REDIS_URL']} {queue}
   data      {data}   logs in {data / 'logs'}, addresses in {data / 'stack.env'}
   admin token: {env['TAGWARDEN_ADMIN_TOKEN']}
 
@@ -219,11 +279,12 @@ Ctrl-C stops everything.
 """
 
 
-def run() -> int:
+def run(ha: bool = False) -> int:
     """Start the stack, supervise it, stop it all on Ctrl-C or when any process dies."""
-    data = Path(os.environ.get("TAGWARDEN_DATA_DIR", ROOT / ".data")).resolve()
+    default = ROOT / (".data-ha" if ha else ".data")
+    data = Path(os.environ.get("TAGWARDEN_DATA_DIR", default)).resolve()
     data.mkdir(parents=True, exist_ok=True)
-    children, env = build_children(data)
+    children, env = build_children(data, ha)
     stopping = False
 
     def _stop(signum: int, _frame: object) -> None:
@@ -252,8 +313,16 @@ def run() -> int:
             print(f"tagwarden dev: {exc}", file=sys.stderr)
             return 1
         print(banner(env, data, ci_token), flush=True)
+        reported: set[str] = set()
         while not stopping:
-            dead = [c for c in children if c.proc and c.proc.poll() is not None]
+            for c in children:
+                if not c.essential and c.proc and c.proc.poll() is not None and (
+                        c.name not in reported):
+                    reported.add(c.name)
+                    print(f"tagwarden dev: {c.name} died (exit {c.proc.returncode}); the "
+                          "sentinels fail over, the stack goes on", file=sys.stderr)
+            dead = [c for c in children
+                    if c.essential and c.proc and c.proc.poll() is not None]
             if dead:
                 names = ", ".join(f"{c.name} (exit {c.proc.returncode})" for c in dead if c.proc)
                 print(f"tagwarden dev: {names} died; stopping the whole stack "

@@ -52,7 +52,11 @@ def run_worker(burst: bool = False) -> bool:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings.from_env()
     setup_logging(settings.log_format)
-    connection = connect(settings.redis_url, decode=False, timeout=30.0)
+    # through Sentinel when configured: the worker, its work-horses and its scheduler follow
+    # a failover without a restart
+    connection = connect(settings.redis_url, decode=False, timeout=30.0,
+                         sentinels=settings.redis_sentinels,
+                         master=settings.redis_sentinel_master)
     queue = Queue(settings.queue_name, connection=connection)
     # abandoned jobs (a worker killed mid-job) are found and retried within about
     # job_monitoring_interval + 60 s + maintenance_interval. An idle worker blocks on the

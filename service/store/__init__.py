@@ -1,26 +1,190 @@
-"""The only code that knows Redis keys: names, serialisation, pipelines, transactions."""
+"""The only code that knows Redis keys: names, serialisation, pipelines, transactions.
+
+Also how a process reaches Redis: a URL, or Sentinel (the client then follows a failover by
+itself), and the breaker that makes an unreachable Redis cost one timeout, not one per call.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
 import redis
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 PREFIX = "tw:"
+log = logging.getLogger("tagwarden.store")
 
-
-# How long one Redis command may take before the caller gets a 503 (store_unavailable).
+# How long one Redis command may take before the caller gets a 503 (store_unavailable); the
+# gateway uses TAGWARDEN_REDIS_TIMEOUT (default 0.5 s), this is the default of connect().
 TIMEOUT = 2.0
+# While the breaker is open, Redis is probed this often (seconds) by a background thread.
+PROBE_INTERVAL = 0.25
 
 
-def connect(url: str, *, decode: bool = True, timeout: float = TIMEOUT) -> redis.Redis:
-    """A Redis client that fails fast (a quick 503 beats a hang)."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=decode,
-        socket_timeout=timeout,
-        socket_connect_timeout=min(timeout, 1.0),
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
+class BreakerOpen(redis.ConnectionError):
+    """Redis is known to be unreachable right now (the breaker is open): no call is tried."""
+
+
+class Breaker:
+    """Per-process record of Redis being unreachable.
+
+    A connection error or timeout opens it; while open, guarded connections fail at once
+    (a write answers 503 immediately instead of after a socket timeout, a read on the pull
+    path falls back to its cache) and one background thread pings Redis every 0.25 s; the
+    first answer closes it again."""
+
+    def __init__(self, probe: redis.Redis | None = None) -> None:
+        self.probe = probe
+        self.open_since: float | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.listeners: list[Any] = []  # called (no arguments) when Redis is back
+
+    @property
+    def is_open(self) -> bool:
+        """Whether Redis is known to be unreachable."""
+        return self.open_since is not None
+
+    def check(self) -> None:
+        """BreakerOpen while open."""
+        if self.open_since is not None:
+            raise BreakerOpen("state store (Redis) unreachable")
+
+    def trip(self, exc: BaseException) -> None:
+        """Open (once) and start the prober."""
+        with self._lock:
+            if self.open_since is not None:
+                return
+            self.open_since = time.monotonic()
+            log.warning("redis unreachable (%s): failing fast until it answers",
+                        type(exc).__name__)
+            if self.probe is not None and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._run, name="redis-breaker",
+                                                daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Redis answers again."""
+        with self._lock:
+            if self.open_since is None:
+                return
+            down = time.monotonic() - self.open_since
+            self.open_since = None
+        log.warning("redis reachable again after %.1f s", down)
+        for listener in list(self.listeners):
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a catch-up is best effort
+                log.exception("catch-up after a Redis outage failed")
+
+    def _run(self) -> None:
+        assert self.probe is not None
+        while self.open_since is not None:
+            time.sleep(PROBE_INTERVAL)
+            try:
+                if self.probe.ping():
+                    self.close()
+            except (redis.RedisError, OSError):
+                continue
+
+
+class _Guarded:
+    """Connection mixin: refuse at once while the breaker is open, open it on a network
+    failure."""
+
+    breaker: Breaker
+
+    def __init__(self, *args: Any, breaker: Breaker, **kwargs: Any) -> None:
+        self.breaker = breaker
+        super().__init__(*args, **kwargs)
+
+    def _guard(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        self.breaker.check()
+        try:
+            return call(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.breaker.trip(exc)
+            raise
+
+    def connect(self) -> None:
+        self._guard(super().connect)  # type: ignore[misc]
+
+    def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        self._guard(super().send_packed_command, *args, **kwargs)  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().read_response, *args, **kwargs)  # type: ignore[misc]
+
+
+class GuardedConnection(_Guarded, redis.Connection):
+    """A TCP connection behind a breaker."""
+
+
+class GuardedSentinelConnection(_Guarded, SentinelManagedConnection):
+    """A Sentinel-managed connection (follows the current primary) behind a breaker."""
+
+
+def _url_parts(url: str) -> dict[str, Any]:
+    """db, username and password of a redis:// URL (what Sentinel mode takes from it)."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    return {"db": int(path) if path.isdigit() else 0, "username": parts.username or None,
+            "password": parts.password or None}
+
+
+def connect(url: str, *, decode: bool = True, timeout: float = TIMEOUT,
+            sentinels: tuple[tuple[str, int], ...] = (), master: str = "tagwarden",
+            breaker: Breaker | None = None) -> redis.Redis:
+    """A Redis client that fails fast (a quick 503 beats a hang). With `sentinels` it asks
+    them for the current primary of `master` and asks again after a failover; `url` then
+    only gives db and credentials. With a `breaker`, an unreachable Redis costs one timeout
+    per process, not one per command."""
+    options: dict[str, Any] = dict(decode_responses=decode, socket_timeout=timeout,
+                                   socket_connect_timeout=min(timeout, 1.0),
+                                   health_check_interval=15, retry_on_timeout=False)
+    if breaker is not None:
+        options["breaker"] = breaker
+    if sentinels:
+        sentinel = Sentinel(list(sentinels), socket_timeout=min(timeout, 1.0),
+                            sentinel_kwargs={"socket_timeout": min(timeout, 1.0),
+                                             "socket_connect_timeout": min(timeout, 1.0)})
+        if breaker is not None:
+            options["connection_class"] = GuardedSentinelConnection
+        return sentinel.master_for(master, **_url_parts(url), **options)
+    if breaker is None or urlsplit(url).scheme != "redis":  # TLS and sockets: unguarded
+        options.pop("breaker", None)
+        return redis.Redis.from_url(url, **options)
+    return redis.Redis.from_url(url, connection_class=GuardedConnection, **options)
+
+
+def guarded(url: str, *, timeout: float, sentinels: tuple[tuple[str, int], ...] = (),
+            master: str = "tagwarden") -> tuple[redis.Redis, Breaker]:
+    """A client behind a new breaker, and the breaker (its prober has its own client)."""
+    probe = connect(url, timeout=timeout, sentinels=sentinels, master=master)
+    breaker = Breaker(probe)
+    return connect(url, timeout=timeout, sentinels=sentinels, master=master,
+                   breaker=breaker), breaker
+
+
+class NotReplicated(redis.ConnectionError):
+    """A write reached the primary but not the replicas it must reach before it is answered."""
+
+
+def durable(pipe: Any, replicas: int, timeout_ms: int) -> None:
+    """Queue a WAIT on the pipeline that carries a write (WAIT counts the acknowledgements
+    of this connection's writes, so it must share the write's connection)."""
+    if replicas:
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+
+
+def check_replicated(acknowledged: int, replicas: int) -> None:
+    """NotReplicated unless at least `replicas` acknowledged."""
+    if acknowledged < replicas:
+        raise NotReplicated(f"{acknowledged} of {replicas} Redis replicas acknowledged")
 
 
 def key(*parts: str) -> str:

@@ -19,8 +19,9 @@ MAXLEN = 5_000_000
 class AuditStore:
     """Append-only audit entries (a Redis stream), newest first when read."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, max_len: int = MAXLEN) -> None:
         self.r = client
+        self.max_len = max_len  # approximate (XADD MAXLEN ~)
 
     def record(self, action: str, actor: tuple[str | None, str | None],
                target: dict[str, Any], outcome: str, status: int,
@@ -33,7 +34,7 @@ class AuditStore:
             "request_id": request_id,
         }
         self.r.xadd(key("audit"), {"d": json.dumps(entry, separators=(",", ":"))},
-                    maxlen=MAXLEN, approximate=True)
+                    maxlen=self.max_len, approximate=True)
 
     def list(self, filters: dict[str, str], limit: int, cursor: str | None,
              visible: Visible | None = None) -> tuple[list[dict[str, Any]], str | None]:

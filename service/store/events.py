@@ -22,8 +22,9 @@ def serialize(event: dict[str, Any]) -> str:
 class EventStore:
     """Append-only event log with per-repository and per-action indexes (Redis streams)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, max_len: int = MAXLEN) -> None:
         self.r = client
+        self.max_len = max_len  # per stream, approximate (XADD MAXLEN ~)
 
     def streams(self, event: dict[str, Any]) -> list[str]:
         streams = [key("events")]
@@ -38,7 +39,7 @@ class EventStore:
         data = serialize(event)
         target = pipe if pipe is not None else self.r.pipeline(transaction=True)
         for stream in self.streams(event):
-            target.xadd(stream, {"d": data}, maxlen=MAXLEN, approximate=True)
+            target.xadd(stream, {"d": data}, maxlen=self.max_len, approximate=True)
         if pipe is None:
             target.execute()
 

@@ -43,8 +43,9 @@ return {accepted, kick}
 class Inbox:
     """Registry events waiting to be processed (at-least-once, each id once)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, max_len: int = INBOX_MAXLEN) -> None:
         self.r = client
+        self.max_len = max_len  # inbox and event streams, approximate
         self._accept = client.register_script(ACCEPT)
         self.stream = key("inbox")
 
@@ -52,7 +53,7 @@ class Inbox:
         """Dedupe and store events in one round trip: (new events, schedule a drain?).
         `direct(event)` names the event streams of an event recorded right away (a pull
         needs no processing), or None to queue it for the workers."""
-        keys, args = [self.stream, key("inbox", "draining")], [DEDUPE_TTL, INBOX_MAXLEN]
+        keys, args = [self.stream, key("inbox", "draining")], [DEDUPE_TTL, self.max_len]
         for event in events:
             streams = (direct(event) if direct else None) or []
             keys += [key("event-seen", event["id"]), *streams]

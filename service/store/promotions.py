@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from service.domain.errors import Conflict, IdempotencyMismatch
-from service.store import key, tagmap
+from service.store import check_replicated, durable, key, tagmap
 from service.store.pagination import Visible, both, page
 
 log = logging.getLogger("tagwarden.store.promotions")
@@ -71,6 +71,14 @@ return {1, sid, released}
 """.replace("TTL", str(IDEMPOTENCY_TTL))
 
 
+# KEYS: 1 intent, 2 intents set; ARGV: 1 intent json, 2 intents member
+WRITE_INTENT = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class GateInputs:
     """The Redis side of a promotion's gates, read together."""
@@ -84,9 +92,13 @@ class GateInputs:
 class PromotionStore:
     """Everything about promotions that lives in Redis."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, min_replicas: int = 0, wait_ms: int = 250) -> None:
         self.r = client
         self._commit = client.register_script(COMMIT)
+        self._write_intent = client.register_script(WRITE_INTENT)
+        # an intent and a commit are answered only once this many replicas hold them
+        self.min_replicas = min_replicas
+        self.wait_ms = wait_ms
 
     # -- locks and intents -----------------------------------------------------------------
     def lock(self, repository: str, environment: str, wait: float = 8.0) -> redis.lock.Lock:
@@ -95,11 +107,18 @@ class PromotionStore:
                            blocking_timeout=wait)
 
     def write_intent(self, intent: dict[str, Any]) -> None:
-        """Record what is about to be written to the registry."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(key("intent", intent["repository"], intent["environment"]), json.dumps(intent))
-        pipe.sadd(key("intents"), f"{intent['repository']}|{intent['environment']}")
-        pipe.execute()
+        """Record what is about to be written to the registry (on the replicas too, with
+        min_replicas: a failover must not forget an intent whose tag gets written)."""
+        pipe = self.r.pipeline(transaction=False)
+        self._write_intent(keys=[key("intent", intent["repository"], intent["environment"]),
+                                 key("intents")],
+                           args=[json.dumps(intent),
+                                 f"{intent['repository']}|{intent['environment']}"],
+                           client=pipe)
+        durable(pipe, self.min_replicas, self.wait_ms)
+        replies = pipe.execute()
+        if self.min_replicas:
+            check_replicated(replies[-1], self.min_replicas)
 
     def intent(self, repository: str, environment: str) -> dict[str, Any] | None:
         """The pending intent of an environment, if a promotion was cut short."""
@@ -162,7 +181,8 @@ class PromotionStore:
         answer = json.dumps(idempotent["value"]) if idempotent else ""
         data = json.dumps(record, separators=(",", ":"), sort_keys=True)
         token = lock.local.token if lock is not None else None
-        ok, value, released = self._commit(
+        pipe = self.r.pipeline(transaction=False)
+        self._commit(
             keys=[
                 key("env", repository),
                 key("history", "env", repository, environment),
@@ -180,7 +200,11 @@ class PromotionStore:
             args=[environment, expected or "", data, json.dumps(pointer), created_ms, answer,
                   record["digest"], record["created_at"], repository, "1" if written else "",
                   f"{repository}|{environment}", token or ""],
+            client=pipe,
         )
+        durable(pipe, self.min_replicas, self.wait_ms)
+        replies = pipe.execute()
+        ok, value, released = replies[0]
         if lock is not None and token is not None:
             lock.local.token = None  # released by the script, or expired and taken by another
             if not released:
@@ -188,7 +212,21 @@ class PromotionStore:
         if not ok:
             raise Conflict(f"environment {environment!r} of {repository} moved to "
                            f"{value or 'nothing'} meanwhile")
+        if self.min_replicas:
+            check_replicated(replies[-1], self.min_replicas)
         return value
+
+    def confirm(self, promotion_id: str) -> bool | None:
+        """After an unclear commit: whether the record is in Redis (None: the intent is still
+        pending, so nobody decided yet), its presence acknowledged by min_replicas."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(key("promotion", promotion_id))
+        pipe.incr(key("durability-probe"))  # a write of this connection for WAIT to count
+        durable(pipe, self.min_replicas, self.wait_ms)
+        replies = pipe.execute()
+        if self.min_replicas:
+            check_replicated(replies[-1], self.min_replicas)
+        return bool(replies[0])
 
     # -- reads -----------------------------------------------------------------------------
     def record(self, promotion_id: str) -> dict[str, Any] | None:

@@ -16,8 +16,9 @@ DELIVERY_TTL = 30 * 24 * 3600
 class SubscriptionStore:
     """Subscriptions (secrets kept for signing, never returned) and delivery records."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, max_len: int = 100_000) -> None:
         self.r = client
+        self.max_len = max_len  # delivery index entries kept per subscription (approximate)
 
     def put(self, sub: dict[str, Any]) -> None:
         """Create a subscription."""
@@ -42,7 +43,7 @@ class SubscriptionStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.set(key("delivery", delivery["id"]), json.dumps(delivery), ex=DELIVERY_TTL)
         pipe.xadd(key("deliveries", delivery["subscription_id"]), {"d": json.dumps(
-            {"id": delivery["id"]})}, maxlen=100_000, approximate=True)
+            {"id": delivery["id"]})}, maxlen=self.max_len, approximate=True)
         pipe.execute()
 
     def delivery(self, delivery_id: str) -> dict[str, Any] | None:

@@ -283,3 +283,28 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def redis_ha(workdir: Path, *, fsync: str = "everysec") -> tuple[Proc, Proc, list[Proc]]:
+    """The `make run-ha` topology on free ports: a primary, a replica and three sentinels
+    (master name `tagwarden`, quorum 2), from the same argv builders as the stack."""
+    from service.stack import redis_argv, sentinel_argv
+
+    env = dict(os.environ)
+    port, replica_port = free_port(), free_port()
+    (workdir / "primary").mkdir(parents=True, exist_ok=True)
+    (workdir / "replica").mkdir(parents=True, exist_ok=True)
+    primary = Proc("redis-primary", redis_argv("127.0.0.1", port, workdir / "primary",
+                                               fsync=fsync), env,
+                   workdir / "primary" / "redis.log", port).start()
+    replica = Proc("redis-replica", redis_argv("127.0.0.1", replica_port, workdir / "replica",
+                                               replica_of=f"127.0.0.1:{port}", fsync=fsync),
+                   env, workdir / "replica" / "redis.log", replica_port).start()
+    sentinels = []
+    for i in range(3):
+        sport = free_port()
+        data = workdir / f"sentinel{i + 1}"
+        argv = sentinel_argv("127.0.0.1", sport, data, f"127.0.0.1:{port}")
+        sentinels.append(Proc(f"sentinel{i + 1}", argv, env, data / "sentinel.log",
+                              sport).start())
+    return primary, replica, sentinels

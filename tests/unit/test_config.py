@@ -80,3 +80,57 @@ def test_auth_failure_limit_defaults_and_is_validated():
     assert Settings.from_env({"TAGWARDEN_AUTH_FAILURE_LIMIT": "off"}).auth_failure_limit == "off"
     with pytest.raises(ConfigError, match="TAGWARDEN_AUTH_FAILURE_LIMIT"):
         Settings.from_env({"TAGWARDEN_AUTH_FAILURE_LIMIT": "lots"})
+
+
+def test_high_availability_settings():
+    settings = Settings.from_env({
+        "TAGWARDEN_REDIS_SENTINELS": "10.0.0.1:26379, sentinel-2:26380,[::1]:26381",
+        "TAGWARDEN_REDIS_SENTINEL_MASTER": "tw-prod",
+        "TAGWARDEN_REDIS_MIN_REPLICAS": "1",
+        "TAGWARDEN_REDIS_TIMEOUT": "0.25",
+        "TAGWARDEN_AUTH_STALE_TTL": "600",
+        "TAGWARDEN_EVENTS_MAX_LEN": "5000",
+        "TAGWARDEN_AUDIT_MAX_LEN": "6000",
+        "TAGWARDEN_DELIVERIES_MAX_LEN": "700",
+    })
+    assert settings.redis_sentinels == (("10.0.0.1", 26379), ("sentinel-2", 26380),
+                                        ("::1", 26381))
+    assert (settings.redis_sentinel_master, settings.redis_min_replicas) == ("tw-prod", 1)
+    assert (settings.redis_timeout, settings.auth_stale_ttl) == (0.25, 600)
+    assert (settings.events_max_len, settings.audit_max_len,
+            settings.deliveries_max_len) == (5000, 6000, 700)
+    defaults = Settings.from_env({})
+    assert (defaults.redis_sentinels, defaults.redis_sentinel_master,
+            defaults.redis_min_replicas, defaults.auth_stale_ttl) == ((), "tagwarden", 0, 3600)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("TAGWARDEN_REDIS_SENTINELS", "sentinel-1"),
+    ("TAGWARDEN_REDIS_SENTINELS", "s1:26379,s2:notaport"),
+    ("TAGWARDEN_REDIS_SENTINELS", "s1:70000"),
+    ("TAGWARDEN_REDIS_SENTINEL_MASTER", "bad name"),
+    ("TAGWARDEN_REDIS_MIN_REPLICAS", "-1"),
+    ("TAGWARDEN_REDIS_TIMEOUT", "0"),
+    ("TAGWARDEN_REDIS_TIMEOUT", "fast"),
+    ("TAGWARDEN_AUTH_STALE_TTL", "forever"),
+    ("TAGWARDEN_EVENTS_MAX_LEN", "10"),
+    ("TAGWARDEN_AUDIT_MAX_LEN", "x"),
+    ("TAGWARDEN_DELIVERIES_MAX_LEN", "1"),
+])
+def test_bad_high_availability_settings_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_every_setting_is_in_the_readme_tables():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(TAGWARDEN_[A-Z_]+)`", readme, re.MULTILINE))
+    documented |= set(re.findall(r"^\| `TAGWARDEN_[A-Z_]+` / `(TAGWARDEN_[A-Z_]+)`", readme,
+                                 re.MULTILINE))
+    source = (Path(__file__).resolve().parents[2] / "service" / "config.py").read_text()
+    read = set(re.findall(r'"(TAGWARDEN_[A-Z_]+)"', source)) - {
+        "TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE"}  # fault injection, tests only
+    assert read - documented == set()

@@ -633,3 +633,25 @@ def test_nginx_config_refuses_nginx_syntax_in_values(field: str) -> None:
 def test_nginx_config_command_reports_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["nginx-config", "--accel-path", "no-slash"]) == 2
     assert "accel_path" in capsys.readouterr().err
+
+
+def test_ha_profile_has_the_sentinel_topology(services: dict[str, dict[str, Any]]) -> None:
+    ha = {name for name, svc in services.items() if "ha" in (svc.get("profiles") or [])}
+    assert ha == {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+    replica = _argv(services["redis-replica"]["command"])
+    assert replica[replica.index("--replicaof") + 1:][:2] == ["redis", "6379"]
+    assert services["redis-replica"]["image"] == services["redis"]["image"]
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        svc = services[name]
+        script = " ".join(_argv(svc["command"]))
+        assert "sentinel monitor tagwarden redis 6379 2" in script, name
+        assert "--sentinel" in script and "/data/sentinel.conf" in script, name
+        assert _networks(svc) == {"internal"}, name
+        assert not svc.get("ports"), name
+    assert len({_mounts(services[n])[0][0] for n in ("sentinel-1", "sentinel-2",
+                                                     "sentinel-3")}) == 3
+    env = _env(services["gateway"])
+    assert env["TAGWARDEN_REDIS_SENTINEL_MASTER"] == "tagwarden"
+    assert env["TAGWARDEN_REDIS_SENTINELS"].startswith("${TAGWARDEN_REDIS_SENTINELS")
+    assert _env(services["worker"])["TAGWARDEN_REDIS_SENTINELS"] == env[
+        "TAGWARDEN_REDIS_SENTINELS"]
