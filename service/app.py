@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import redis
@@ -77,6 +78,18 @@ def seed_policies(app: Flask, svc: Services) -> None:
             app.extensions["policies_seeded"] = True
 
 
+def _keep_tokens_warm(app: Flask, svc: Services) -> None:
+    """Keep a copy of the token table in this process (verifiable while Redis is down), from
+    the first request on: a process that serves nothing (`tagwarden openapi`) starts no
+    thread and never touches Redis."""
+    started = threading.Lock()
+
+    @app.before_request
+    def _warm() -> None:
+        if not started.locked() and started.acquire(blocking=False):
+            svc.tokens.keep_warm()
+
+
 def create_app(config: Any = None) -> Flask:
     """Build the gateway: settings validated, clients in app.extensions, blueprints mounted."""
     settings = _settings(config)
@@ -87,7 +100,7 @@ def create_app(config: Any = None) -> Flask:
     svc = Services.build(settings)
     app.extensions["tagwarden"] = svc
     if settings.auth_stale_ttl:
-        svc.tokens.keep_warm()  # tokens verifiable by this process while Redis is down
+        _keep_tokens_warm(app, svc)
     seed_policies(app, svc)
     api = Api(app)
     app.extensions["api"] = api

@@ -21,7 +21,7 @@ from tests.helpers import oci, procs
 from tests.integration.conftest import Stack
 
 ACCEPT = ", ".join([oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST])
-POLICY = {"name": "attacks", "repositories": ["team-a/*", "secret/*"],
+POLICY = {"name": "attacks", "repositories": ["team-a/*", "secret/vault"],
           "push": {"allow": ["semver", "git-sha", "other"], "immutable": ["semver"]},
           "promotion": {"develop": {}, "staging": {"from": "develop"},
                         "production": {"from": "staging"}},
@@ -138,7 +138,7 @@ def world(stack: Stack) -> dict[str, Any]:
     admin = Client(stack, procs.ADMIN_TOKEN)
     ci = Client(stack, token(stack, "team-a-ci", "ci", repositories=["team-a/*"],
                              environments=["develop", "staging"]))
-    secret_digest, secret_blobs = admin.image("secret/app", "v1.0.0", "secret")
+    secret_digest, secret_blobs = admin.image("secret/vault", "v1.0.0", "secret")
     return {"admin": admin, "ci": ci, "secret_blobs": secret_blobs,
             "secret_digest": secret_digest}
 
@@ -159,21 +159,21 @@ def test_a_mount_source_is_what_was_authorized(stack: Stack, world: dict, varian
     ci.blob("team-a/allowed", b"an allowed blob " + variant.encode())
     if variant == "form":
         resp = ci.call("POST", f"/v2/{target}/blobs/uploads/",
-                       data=f"mount={secret_layer}&from=secret/app",
+                       data=f"mount={secret_layer}&from=secret/vault",
                        headers={"Content-Type": "application/x-www-form-urlencoded"})
     elif variant == "multipart":
         resp = ci.call("POST", f"/v2/{target}/blobs/uploads/",
-                       files={"mount": (None, secret_layer), "from": (None, "secret/app")})
+                       files={"mount": (None, secret_layer), "from": (None, "secret/vault")})
     elif variant == "body-from-over-allowed-query":
         resp = ci.call("POST", f"/v2/{target}/blobs/uploads/?mount={secret_layer}"
-                       "&from=team-a/allowed", data="from=secret/app",
+                       "&from=team-a/allowed", data="from=secret/vault",
                        headers={"Content-Type": "application/x-www-form-urlencoded"})
     elif variant == "duplicate-from":
         resp = ci.call("POST", f"/v2/{target}/blobs/uploads/?mount={secret_layer}"
-                       "&from=team-a/allowed&from=secret/app")
+                       "&from=team-a/allowed&from=secret/vault")
     else:
         resp = ci.call("POST", f"/v2/{target}/blobs/uploads/?mount={secret_layer}"
-                       ";from=secret/app")
+                       ";from=secret/vault")
     assert resp.status_code == 202, resp.text  # an ordinary upload session, nothing mounted
     assert linked(stack, target, secret_layer) == 404
     assert ci.call("GET", f"/v2/{target}/blobs/{secret_layer}").status_code == 404
@@ -183,7 +183,7 @@ def test_a_mount_from_a_repository_out_of_scope_is_refused_and_audited(stack: St
                                                                        world: dict):
     ci, admin = world["ci"], world["admin"]
     secret_layer = world["secret_blobs"][1]
-    for query in (f"mount={secret_layer}&from=secret/app",
+    for query in (f"mount={secret_layer}&from=secret/vault",
                   f"mount={secret_layer}&fr%6Fm=secret%2Fapp"):
         resp = ci.call("POST", f"/v2/team-a/m2/blobs/uploads/?{query}")
         assert resp.status_code == 403, resp.text

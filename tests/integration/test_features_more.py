@@ -5,6 +5,7 @@ worker start, and the external scanner alone."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -153,10 +154,12 @@ def test_scans_fail_without_a_database_and_the_import_rescans_deployed_digests(t
         assert (failed["status"], failed["error"], failed["digest"]) == (
             "failed", NO_DB, image.digest)
         tagwarden = str(Path(sys.executable).parent / "tagwarden")
-        done = subprocess.run([tagwarden, "vulndb", "import", str(osv_dir(tmp_path / "osv"))],
-                              env=stack.env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [tagwarden, "vulndb", "import", str(osv_dir(tmp_path / "osv")), "--json"],
+            env={**stack.env, "TAGWARDEN_URL": stack.gw_url, "TAGWARDEN_TOKEN": procs.ADMIN_TOKEN},
+            capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert '"rescans": 1' in done.stdout, done.stdout
+        assert json.loads(done.stdout)["rescans"] == 1, done.stdout
 
         def rescanned():
             items = api(stack, "GET", "/api/v1/scans", params={"repository": "nodb/app"}
