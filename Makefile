@@ -6,7 +6,19 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server docker-registry skopeo nginx
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-ha test unit integration bench conformance lint system-deps venv clean
+.PHONY: run run-ha test image-test unit integration bench conformance lint system-deps image-deps \
+	venv clean
+
+# installs the Debian packages named in $$missing (apt-get update first: a fresh machine has
+# no package lists); no system service is started by the install (policy-rc.d guard)
+APT_INSTALL = echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; \
+	    printf '\#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $$SUDO chmod +x /usr/sbin/policy-rc.d; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  status=$$?; [ -z "$$guard" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$status
 
 system-deps:
 	@missing=""; \
@@ -14,16 +26,16 @@ system-deps:
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; \
-	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
-	    $$SUDO chmod +x /usr/sbin/policy-rc.d; fi; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
-	  status=$$?; [ -z "$$guard" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$status; \
-	fi
+	if [ -n "$$missing" ]; then $(APT_INSTALL); fi
+
+# what the image test needs besides system-deps: buildah builds and runs the image (chroot
+# isolation, no engine), debootstrap builds the stand-in base image from Debian's archive
+image-deps:
+	@missing=""; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	test -s /usr/share/keyrings/debian-archive-keyring.gpg || missing="$$missing debian-archive-keyring"; \
+	if [ -n "$$missing" ]; then $(APT_INSTALL); fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +57,11 @@ run-ha: system-deps venv
 
 test: system-deps venv
 	$(BIN)/pytest -p no:cacheprovider
+
+# the image built from this checkout (stand-in base from Debian's archive) runs a gateway and
+# a worker against a test stack; needs root (debootstrap, buildah). Not part of `make test`.
+image-test: system-deps image-deps venv
+	$(BIN)/pytest -p no:cacheprovider -m container tests/container
 
 unit: venv
 	$(BIN)/pytest -p no:cacheprovider tests/unit

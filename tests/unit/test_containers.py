@@ -655,3 +655,37 @@ def test_ha_profile_has_the_sentinel_topology(services: dict[str, dict[str, Any]
     assert env["TAGWARDEN_REDIS_SENTINELS"].startswith("${TAGWARDEN_REDIS_SENTINELS")
     assert _env(services["worker"])["TAGWARDEN_REDIS_SENTINELS"] == env[
         "TAGWARDEN_REDIS_SENTINELS"]
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _string_constants(*roots: Path) -> set[str]:
+    """Every string literal in the Python files under roots (files or directories)."""
+    import ast
+
+    found: set[str] = set()
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    found.add(node.value)
+    return found
+
+
+def test_every_variable_compose_sets_is_read_by_the_code(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """A misspelt or retired setting in docker-compose.yml (or deploy.env) would be silently
+    ignored: each variable the image's services get must be a name the code reads (the
+    settings of service/config.py, the os.environ reads elsewhere, gunicorn.conf.py)."""
+    read = _string_constants(ROOT / "service", ROOT / "workers", ROOT / "gunicorn.conf.py")
+    assert "TAGWARDEN_REDIS_URL" in read and "TAGWARDEN_BIND" in read  # the scan works
+    image_services = {name: svc for name, svc in services.items() if "build" in svc}
+    assert set(image_services) == {"registry-config", "gateway", "worker"}
+    for name, svc in image_services.items():
+        names = set(_env(svc))
+        if "deploy.env" in _argv(svc.get("env_file")):
+            names |= set(_example_env())
+        unread = sorted(names - read)
+        assert not unread, f"{name}: {unread} set but never read by the code"
