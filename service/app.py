@@ -114,3 +114,8 @@ def create_app(config: Any = None) -> Flask:
     metrics.install(app, svc)
     app.wsgi_app = WebhookFastPath(app.wsgi_app, svc)  # type: ignore[method-assign]
     return app
+
+
+def openapi_yaml() -> str:
+    """openapi.yaml's text, from an app built with default settings (no I/O happens)."""
+    return openapi.to_yaml(openapi.build_spec(create_app(Settings())))

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from service.cli import (
+from service.cli_common import (
     _api_options,
     _call,
     _client,

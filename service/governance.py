@@ -10,7 +10,7 @@ from typing import Any
 
 from service import notify, referrers
 from service.domain.durations import format_time
-from service.domain.errors import InvalidRequest, NotFound, PolicyDenied
+from service.domain.errors import NotFound, PolicyDenied
 from service.domain.manifests import references
 from service.domain.policy import (
     Decision,
@@ -301,25 +301,6 @@ def record_mount(svc: Services, repository: str, source: str | None, digest: str
                          outcome, status, current_request_id())
     except Exception:  # noqa: BLE001 - the registry already answered
         log.warning("could not audit a mount into %s", repository)
-
-
-def evaluate(svc: Services, args: dict[str, Any], requester: str | None = None) -> Decision:
-    """The dry-run endpoint: the same decision the real push, delete or promotion gets
-    (`requester`: who asks, for the approvals gate)."""
-    repository, action = args["repository"], args["action"]
-    if action == "push":
-        if "tag" not in args:
-            raise InvalidRequest("a push needs a tag", errors={"tag": ["required for push"]})
-        return check_push(svc, repository, args["tag"], args.get("digest"))
-    if action == "delete":
-        reference = args.get("digest") or args.get("tag")
-        if not reference:
-            raise InvalidRequest("a delete needs a digest or a tag",
-                                 errors={"digest": ["digest or tag required for delete"]})
-        return check_delete(svc, repository, reference)
-    from service.promotions import evaluate_request
-
-    return evaluate_request(svc, args, requester)
 
 
 def scan_after_push(svc: Services, repository: str, digest: str) -> None:

@@ -1,10 +1,11 @@
-"""The OpenAPI document: flask-smorest's spec plus errors, security, probes; written and served.
+"""The OpenAPI document: flask-smorest's spec plus errors, security, probes; served.
 
-The committed openapi.yaml is generated (`tagwarden openapi`), never edited by hand: the
-marshmallow schemas that validate requests are the ones the document shows, and a unit test
-fails when the two differ. flask-smorest documents routes and schemas; this module adds what
-it cannot know: our error envelope and the statuses each operation answers with, the two
-bearer schemes, the Idempotency-Key header, operation ids, and the /healthz and /readyz probes.
+The committed openapi.yaml is generated (`tagwarden openapi`, by `app.openapi_yaml`), never
+edited by hand: the marshmallow schemas that validate requests are the ones the document
+shows, and a unit test fails when the two differ. flask-smorest documents routes and schemas;
+this module adds what it cannot know: our error envelope and the statuses each operation
+answers with, the two bearer schemes, the Idempotency-Key header, operation ids, and the
+/healthz and /readyz probes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import sys
 from typing import Any
 
 import yaml
@@ -305,25 +305,6 @@ _Dumper.add_representer(str, _str)
 def to_yaml(doc: dict[str, Any]) -> str:
     """YAML text of the document (key order kept, so the output is stable)."""
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-def generate() -> str:
-    """openapi.yaml's text, from an app built with default settings (no I/O happens)."""
-    from service.app import create_app
-    from service.config import Settings
-
-    return to_yaml(build_spec(create_app(Settings())))
-
-
-def write_openapi(path: str = "openapi.yaml") -> str:
-    """Write the generated document to `path` (`-`: standard output); returns the text."""
-    text = generate()
-    if path == "-":
-        sys.stdout.write(text)
-    else:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    return text
 
 
 def _cached(app: Flask) -> dict[str, Any]:

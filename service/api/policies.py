@@ -8,7 +8,7 @@ from flask import g
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
-from service import governance
+from service import dryrun
 from service.api import svc
 from service.domain.errors import InvalidRequest, NotFound
 from service.domain.policy import DEFAULT_POLICY, Policy
@@ -80,4 +80,4 @@ def delete_policy(name: str) -> None:
 @blp.response(200, DecisionSchema)
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     """Evaluate a push, delete or promotion against the policy; changes nothing."""
-    return governance.evaluate(svc(), args, g.get("actor_name")).to_dict()
+    return dryrun.evaluate(svc(), args, g.get("actor_name")).to_dict()
