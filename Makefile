@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server docker-registry skopeo nginx
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-ha test image-test unit integration bench conformance lint system-deps image-deps \
+.PHONY: run run-ha test image-test unit integration bench conformance lint typecheck system-deps \
+	image-deps \
 	venv clean
 
 # installs the Debian packages named in $$missing (apt-get update first: a fresh machine has
@@ -80,6 +81,10 @@ conformance: system-deps venv
 
 lint: venv
 	$(BIN)/ruff check service workers tests bench
+
+# mypy over the packages [tool.mypy] in pyproject.toml names (service/domain, service/store)
+typecheck: venv
+	$(BIN)/mypy
 
 clean:
 	rm -rf .data .data-ha

@@ -8,6 +8,7 @@ it out of the set the promotion gate reads; expiry is decided by the gate from `
 
 from __future__ import annotations
 
+import builtins
 import json
 from datetime import datetime
 from typing import Any
@@ -112,6 +113,7 @@ class ApprovalStore:
         seen = (lambda a: visible(a.get("repository"))) if visible else None
         return page(self.r, stream, limit, cursor, both(keep, seen), load=self._load)
 
-    def _load(self, refs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def _load(self, refs: builtins.list[dict[str, Any]]
+              ) -> builtins.list[dict[str, Any] | None]:
         raw = self.r.mget([key("approval", ref["id"]) for ref in refs])
         return [json.loads(r) if r else None for r in raw]

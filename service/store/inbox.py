@@ -53,7 +53,8 @@ class Inbox:
         """Dedupe and store events in one round trip: (new events, schedule a drain?).
         `direct(event)` names the event streams of an event recorded right away (a pull
         needs no processing), or None to queue it for the workers."""
-        keys, args = [self.stream, key("inbox", "draining")], [DEDUPE_TTL, self.max_len]
+        keys = [self.stream, key("inbox", "draining")]
+        args: list[int | str] = [DEDUPE_TTL, self.max_len]
         for event in events:
             streams = (direct(event) if direct else None) or []
             keys += [key("event-seen", event["id"]), *streams]

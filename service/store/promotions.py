@@ -214,7 +214,8 @@ class PromotionStore:
                            f"{value or 'nothing'} meanwhile")
         if self.min_replicas:
             check_replicated(replies[-1], self.min_replicas)
-        return value
+        committed: str = value
+        return committed
 
     def confirm(self, promotion_id: str) -> bool | None:
         """After an unclear commit: whether the record is in Redis (None: the intent is still
@@ -305,7 +306,7 @@ class PromotionStore:
         raw = self.r.get(key("idem", idem_key))
         if raw is None:  # expired between the two calls: claim again
             return self.begin_idempotent(idem_key, fingerprint)
-        stored = json.loads(raw)
+        stored: dict[str, Any] = json.loads(raw)
         if stored["fp"] != fingerprint:
             raise IdempotencyMismatch("Idempotency-Key was used with a different request body")
         if stored["state"] == "running":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Any
 
@@ -102,6 +103,7 @@ class ScanStore:
         seen = (lambda s: visible(s.get("repository"))) if visible else None
         return page(self.r, stream, limit, cursor, both(keep, seen), load=self._load)
 
-    def _load(self, refs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def _load(self, refs: builtins.list[dict[str, Any]]
+              ) -> builtins.list[dict[str, Any] | None]:
         raw = self.r.mget([key("scan", ref["id"]) for ref in refs])
         return [json.loads(r) if r else None for r in raw]

@@ -61,7 +61,8 @@ class TagMap:
 
     def get(self, repository: str, tag: str) -> str | None:
         """The recorded digest of a tag, or None when unknown."""
-        return self.r.hget(map_key(repository), tag)
+        digest: str | None = self.r.hget(map_key(repository), tag)
+        return digest
 
     def lookup(self, repository: str, tag: str) -> tuple[str | None, bool, int]:
         """(the recorded digest of a tag or None, is the map known complete?, how many tags
@@ -103,7 +104,8 @@ class TagMap:
 
     def all(self, repository: str) -> dict[str, str]:
         """Every recorded tag of a repository."""
-        return self.r.hgetall(map_key(repository))
+        tags: dict[str, str] = self.r.hgetall(map_key(repository))
+        return tags
 
     def is_complete(self, repository: str) -> bool:
         """Whether the map was compared with the registry's tag list recently."""
@@ -116,5 +118,6 @@ class TagMap:
 
     def lock(self, repository: str, tag: str, timeout: float = 60.0) -> TagLock:
         """A lock serialising pushes of one tag (check, write and record as one step)."""
-        return self.r.lock(key("lock", "tag", repository, tag), timeout=timeout,
-                           blocking_timeout=timeout, lock_class=TagLock)
+        lock: TagLock = self.r.lock(key("lock", "tag", repository, tag), timeout=timeout,
+                                    blocking_timeout=timeout, lock_class=TagLock)
+        return lock
