@@ -212,8 +212,8 @@ def _fix_operation(endpoint: str, operation: dict[str, Any], path_item: dict[str
 
 
 def _notification_body(operation: dict[str, Any]) -> None:
-    """One named envelope schema for both of the registry's media types (inline `object`
-    schemas would make client generators emit two models of the same name)."""
+    """The envelope as one named schema (an inline `object` makes client generators emit a
+    model per media type, of the same name), and the body required."""
     content = operation.get("requestBody", {}).get("content", {})
     for media in content.values():
         if media.get("schema") == {"type": "object"}:
