@@ -27,11 +27,10 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Dependencies first, in their own layer, at the versions of the lock (`make lock` writes it
+# from pyproject.toml): rebuilt only when the lock changes.
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN pip install -r requirements/runtime.txt
 
 # Then the project itself, built as a wheel and installed (not editable) into the venv.
 # README.md* : the readme is optional for the build (the wildcard may match nothing).

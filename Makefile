@@ -7,8 +7,7 @@ SYSTEM_PACKAGES := redis-server docker-registry skopeo nginx
 STAMP := $(VENV)/.installed
 
 .PHONY: run run-ha test image-test unit integration bench conformance lint typecheck system-deps \
-	image-deps \
-	venv clean
+	image-deps venv lock clean
 
 # installs the Debian packages named in $$missing (apt-get update first: a fresh machine has
 # no package lists); no system service is started by the install (policy-rc.d guard)
@@ -38,11 +37,28 @@ image-deps:
 	test -s /usr/share/keyrings/debian-archive-keyring.gpg || missing="$$missing debian-archive-keyring"; \
 	if [ -n "$$missing" ]; then $(APT_INSTALL); fi
 
-$(STAMP): pyproject.toml
+# the dependencies from the lock (requirements/test.txt: runtime and test, exact versions),
+# then the project itself without resolving anything again
+$(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -r requirements/test.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# re-lock after changing the dependencies in pyproject.toml: versions already locked are kept
+# (LOCK_ARGS=--upgrade moves everything to the newest allowed, --upgrade-package NAME one)
+LOCK_TOOLS := $(VENV)/tools
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet \
+	--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	--annotation-style line $(LOCK_ARGS)
+
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && \
+	  $(LOCK_TOOLS)/bin/pip install -q 'pip-tools>=7.4'; }
+	$(PIP_COMPILE) --output-file requirements/runtime.txt pyproject.toml
+	$(PIP_COMPILE) --extra test --constraint requirements/runtime.txt \
+	  --output-file requirements/test.txt pyproject.toml
 
 venv:
 	@test -x $(BIN)/python -a -x $(BIN)/tagwarden || rm -f $(STAMP)
