@@ -527,7 +527,7 @@ def test_dockerignore_keeps_local_state_and_tests_out() -> None:
                  "tagwarden.egg-info", "deploy.env"):
         assert _ignored(path, patterns), path
     for path in ("pyproject.toml", "README.md", "gunicorn.conf.py", "service/app.py",
-                 "service/registry/config.yml.tmpl", "workers/main.py"):
+                 "service/registry/nginx.conf.tmpl", "workers/main.py"):
         assert not _ignored(path, patterns), path
 
 
