@@ -9,6 +9,7 @@ truncated or oversized stream: a 4xx naming the line, and the store untouched.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -122,6 +123,7 @@ class _Validator:
         self.history: dict[tuple[str, str], dict[str, Any]] = {}
         self.pointed: set[tuple[str, str]] = set()
         self.last_ids: dict[str, tuple[int, int]] = {}
+        self.schemas = {kind: schema() for kind, schema in LINE_SCHEMAS.items()}
 
     def line(self, number: int, raw: bytes) -> dict[str, Any]:
         where = f"line {number}"
@@ -142,7 +144,7 @@ class _Validator:
             raise _bad(where, f"a {kind} line after the {_kind_name(self.last_kind)} lines")
         self.last_kind = ORDER[kind]
         try:
-            loaded = LINE_SCHEMAS[kind]().load(data)
+            loaded = self.schemas[kind].load(data)
         except ValidationError as exc:
             raise InvalidRequest(f"restore stream, {where}: invalid {kind}", errors={
                 f"{where}.{k}": v for k, v in flatten_errors(exc.messages).items()}) from None
@@ -235,6 +237,8 @@ def restore(svc: Services, body: IO[bytes], mode: str, actor: str | None) -> dic
     if mode == "empty-only" and reader.holds_state():
         raise Conflict("the store already holds governance state; restore only into an empty "
                        "store, or pass ?mode=replace to clear it first")
+    if isinstance(body, io.RawIOBase):  # werkzeug's stream: readline would read byte by byte
+        body = io.BufferedReader(body, SPOOL_CHUNK)
     check = _Validator()
     spool_dir = svc.settings.restore_spool_dir or None
     with tempfile.TemporaryFile(dir=spool_dir) as spool:

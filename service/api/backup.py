@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 
 from service import backup
 from service.api import svc
+from service.gunicorn_worker import lift_deadline
 from service.schemas.backup import RestoreQueryArgsSchema, RestoreResultSchema
 
 blp = Blueprint("backup", __name__, url_prefix="/api/v1",
@@ -41,4 +42,7 @@ def get_backup() -> Response:
 def restore(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Load a backup (admin): every line validated before anything is written; 409 over a
     store that holds governance state unless `mode=replace`."""
+    # a large backup takes longer than the request deadline: the upload's idle timeout and
+    # minimum rate hold instead (and it takes one of the process's upload slots)
+    lift_deadline(request.environ)
     return backup.restore(svc(), request.stream, args["mode"], g.get("actor_name")), 201
