@@ -1,5 +1,6 @@
 """A post-mortem timeline: pushes, denied pushes, promotions, rollbacks, hotfixes, drift,
 scans, approvals and verifications of one repository, merged in one order, oldest first.
+`at` is when Tagwarden recorded each (a promotion's commit, an event's arrival).
 
 Each source is a Redis stream of the repository read forward from a position; a page takes up
 to `limit` entries of each, merges them by stream time (then source order) and keeps the first
@@ -145,7 +146,9 @@ def _item(source: str, stream_id: str, record: dict[str, Any], environment: str 
         return None
     if environment is not None and item.get("environment") not in (None, environment):
         return None  # another environment's (repository-wide items stay)
-    item["at"] = item.get("at") or _at(stream_id)
+    # when Tagwarden recorded it: one clock for every source, so the order is the order of
+    # the times shown (a registry event's own timestamp may run ahead of its delivery)
+    item["at"] = _at(stream_id)
     return {k: v for k, v in item.items() if v is not None}
 
 
