@@ -36,8 +36,10 @@ def get_backup() -> Response:
 
 @blp.route("/restore", methods=["POST"])
 @blp.arguments(RestoreQueryArgsSchema, location="query")
-@blp.doc(requestBody={"required": True, "content": {NDJSON: {"schema": STREAM_DOC["schema"]}},
-                      "description": "a backup stream as GET /backup writes it"})
+# documented as octet-stream (what client generators can send); any content type is read
+@blp.doc(requestBody={"required": True, "content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary"}}},
+    "description": "a backup stream (NDJSON) as GET /backup writes it"})
 @blp.response(201, RestoreResultSchema)
 def restore(args: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Load a backup (admin): every line validated before anything is written; 409 over a
