@@ -120,12 +120,17 @@ def _build_history(stack: Stack, tmp_path: Path, ci: str, approver: str) -> list
 
 
 def _destroy_redis(stack: Stack) -> None:
-    """Stop Redis and delete its data directory; start an empty one on the same port."""
+    """Stop Redis and delete its data directory; start an empty one on the same port. An RQ
+    worker exits when Redis goes away (its supervisor starts it again: compose's restart
+    policy, systemd); the gateway stays up and reconnects by itself."""
+    assert stack.worker is not None
+    stack.worker.stop()
     stack.redis.stop()
     data = stack.workdir / "redis"
     shutil.rmtree(data)
     data.mkdir()
     stack.redis.start()
+    stack.worker.start(wait=False)
 
 
 def test_restore_drill_loses_nothing(tmp_path: Path):
