@@ -122,3 +122,31 @@ def test_timeline_cursors_round_trip_and_refuse_forgeries():
                    "LCwsLCw5OTk5OTk5OTk5OTk5OTk5OTk5OTktMA"):
         with pytest.raises(InvalidRequest):
             decode_cursor(forged)
+
+
+def test_scheduled_backups_rotate(tmp_path, monkeypatch):
+    import fakeredis
+
+    from service import backup
+    from service.store import key
+
+    client = fakeredis.FakeRedis(decode_responses=True)
+    client.hset(key("policies"), "p", json.dumps({"name": "p", "repositories": ["*"]}))
+
+    class Svc:
+        redis = client
+
+    names = iter(f"2026113{i}T000000000000Z" for i in range(5))
+    monkeypatch.setattr(backup, "datetime", type("D", (), {
+        "now": staticmethod(lambda tz: type("T", (), {"strftime": lambda self, f: next(names)})()),
+        "fromtimestamp": staticmethod(datetime.fromtimestamp)}))
+    (tmp_path / "tagwarden-backup-old.ndjson.partial").write_text("cut short")
+    for _ in range(4):
+        done = backup.scheduled(Svc(), str(tmp_path), keep=2)  # type: ignore[arg-type]
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["tagwarden-backup-20261132T000000000000Z.ndjson",
+                    "tagwarden-backup-20261133T000000000000Z.ndjson"]
+    assert done["removed"] == ["tagwarden-backup-20261131T000000000000Z.ndjson"]
+    lines = (tmp_path / kept[-1]).read_text().splitlines()
+    assert json.loads(lines[1])["kind"] == "policy"
+    assert json.loads(lines[-1]) == {"kind": "footer", "counts": {"policy": 1}}
