@@ -36,14 +36,15 @@ class RegistryStorage:
 
     @classmethod
     def open(cls, root: str) -> RegistryStorage | None:
-        """The storage at `root` when its repositories and blobs can be read; None (and a
-        warning naming the reason) otherwise, so the gateway streams through the registry."""
+        """The storage at `root` (None when not configured). A root that cannot be read now
+        is only warned about: the registry may create it with its first push, and every
+        request that finds nothing readable is answered through the registry anyway."""
         if not root:
             return None
         if not (os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)):
-            log.warning("TAGWARDEN_REGISTRY_STORAGE=%s is not a readable directory; blobs and "
-                        "manifests are served through the registry", root)
-            return None
+            log.warning("TAGWARDEN_REGISTRY_STORAGE=%s is not a readable directory (yet); "
+                        "until it is, blobs and manifests are served through the registry",
+                        root)
         return cls(root)
 
     # -- paths -------------------------------------------------------------------------------

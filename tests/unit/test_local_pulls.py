@@ -164,7 +164,9 @@ def test_links_must_name_the_digest_inside_the_root(tmp_path: Path):
     opened = storage.open_blob(DIGEST)
     assert opened is not None and opened[1] == len(DATA)
     opened[0].close()
-    assert RegistryStorage.open(str(tmp_path / "missing")) is None
+    missing = RegistryStorage.open(str(tmp_path / "missing"))
+    assert missing is not None and not missing.blob_linked("team/app", DIGEST)
+    assert RegistryStorage.open("") is None
 
 
 def test_the_manifest_cache_is_bounded_by_bytes():
