@@ -167,6 +167,11 @@ class Settings:
     trust_forwarded: bool = False
     # front-proxy deployment: answer blob GETs with X-Accel-Redirect to this internal location
     blob_accel_path: str = ""
+    # the registry's filesystem `rootdirectory`, readable by the gateway: blob GETs sent from
+    # it with sendfile, manifest GET/HEADs answered from the cache after its link files
+    registry_storage: str = ""
+    # bytes of manifests each gateway process keeps (content-addressed, LRU)
+    manifest_cache: int = 16 * 1024 * 1024
     reconcile_interval: int = 60
     worker_maintenance_interval: int = 60
     job_monitoring_interval: int = 10
@@ -296,6 +301,13 @@ class Settings:
                 raise ConfigError(f"TAGWARDEN_BLOB_ACCEL_PATH={v!r} must be a path such as "
                                   "/_tagwarden/blobs/ (letters, digits, - _ /, ending in /)")
             values["blob_accel_path"] = v
+        if (v := get("TAGWARDEN_REGISTRY_STORAGE")) is not None and v:
+            if not v.startswith("/"):
+                raise ConfigError(f"TAGWARDEN_REGISTRY_STORAGE={v!r} must be an absolute path")
+            values["registry_storage"] = v  # unreadable: a warning, and pulls are streamed
+        if (v := get("TAGWARDEN_MANIFEST_CACHE_MIB")) is not None:
+            values["manifest_cache"] = _int("TAGWARDEN_MANIFEST_CACHE_MIB", v, 0, 4096) \
+                * 1024 * 1024
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
         if (v := get("TAGWARDEN_AUTOMATIC_MOUNT")) is not None:
