@@ -133,7 +133,9 @@ class BenchStack:
         """Start (once) a second gateway in front of the bare registry, so nothing notifies
         it: same code, config and Redis, no webhook traffic."""
         if self.gateway_quiet is None:
-            env = procs.gateway_env(self.redis_proc.port, self.bare.port, **BENCH_ENV)
+            env = procs.gateway_env(self.redis_proc.port, self.bare.port, **{
+                **BENCH_ENV, "TAGWARDEN_REGISTRY_STORAGE": self.env.get(
+                    "TAGWARDEN_REGISTRY_STORAGE", "")})
             self.gateway_quiet = procs.gateway_server(self.workdir / "gateway-quiet", env,
                                                       workers=self.workers,
                                                       threads=self.threads)
@@ -232,7 +234,9 @@ def start(workdir: Path | None = None, *, workers: int | None = None,
     registry = procs.registry_server(
         workdir / "registry", f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry")
     bare = bare_registry(workdir / "registry")
-    env = procs.gateway_env(redis_proc.port, registry.port, **{**BENCH_ENV, **(extra_env or {})})
+    env = procs.gateway_env(redis_proc.port, registry.port, **{
+        **BENCH_ENV, "TAGWARDEN_REGISTRY_STORAGE": str(workdir / "registry" / "data"),
+        **(extra_env or {})})
     gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port, workers=workers,
                                    threads=threads)
     worker_proc = procs.worker_process(workdir / "worker", env) if worker else None

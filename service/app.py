@@ -41,17 +41,19 @@ def api_blueprints() -> list[Blueprint]:
     """Every /api/v1 blueprint, in the order the spec lists them."""
     from service.api import (
         approvals,
+        backup,
         bindings,
         events,
         policies,
         promotions,
         retention,
         scans,
+        timeline,
         tokens,
     )
 
     return [policies.blp, promotions.blp, scans.blp, events.blp, tokens.blp, bindings.blp,
-            approvals.blp, retention.blp]
+            approvals.blp, retention.blp, backup.blp, timeline.blp]
 
 
 def seed_policies(app: Flask, svc: Services) -> None:

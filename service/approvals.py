@@ -36,11 +36,16 @@ def grant(svc: Services, req: dict[str, Any], approver: Principal) -> dict[str, 
     repository, environment, digest = req["repository"], req["environment"], req["digest"]
     policy = policy_for(svc, repository)
     _check_target(policy, repository, environment)
-    gate = policy.gate(environment).approvals
+    hotfix = bool(req.get("hotfix"))
+    section = policy.gate(environment).hotfix
+    gate = (section.approvals if section else None) if hotfix else policy.gate(
+        environment).approvals
     if gate is None:
+        what = "hotfix approvals" if hotfix else "approvals"
         raise Unprocessable(
-            f"policy '{policy.name}' asks for no approvals into '{environment}'",
-            errors={"environment": [f"no approvals gate in policy '{policy.name}'"]})
+            f"policy '{policy.name}' asks for no {what} into '{environment}'",
+            errors={"hotfix" if hotfix else "environment": [
+                f"no {what} gate in policy '{policy.name}'"]})
     if not may_approve(gate, approver.name, approver.role):
         raise Forbidden(f"token {approver.name!r} (role {approver.role!r}) may not approve "
                         f"promotions of {repository} into '{environment}'; policy "
@@ -55,6 +60,8 @@ def grant(svc: Services, req: dict[str, Any], approver: Principal) -> dict[str, 
         "expires_at": format_time(now + timedelta(seconds=gate.valid_for_seconds)),
         "withdrawn_at": None, "withdrawn_by": None,
     }
+    if hotfix:  # counted only by the hotfix path (a set of its own in the store)
+        record["hotfix"] = True
     svc.approvals.add(record, gate.valid_for_seconds)
     notify.emit(svc, "approval.granted", _event(record, record["approver"], now))
     return with_status(record, now)

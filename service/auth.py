@@ -143,6 +143,9 @@ API_RULES: dict[str, tuple[str, str]] = {
     "approvals.withdraw_approval": ("reader", ""),
     "approvals.create_verification": ("ci", "repository+environment"),
     "retention.create_run": ("admin", "repository"),
+    "backup.get_backup": ("admin", ""),
+    "backup.restore": ("admin", ""),
+    "timeline.get_timeline": ("reader", "repository"),
 }
 
 

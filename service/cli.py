@@ -469,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.cli_evidence import add_evidence_parsers
 
     add_evidence_parsers(sub, _api_options())
+    from service.cli_dr import add_dr_parsers
+
+    add_dr_parsers(sub)
     add_gc_parser(sub)
     return parser
 

@@ -93,6 +93,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
                             "digest": digest}
     if args.comment is not None:
         body["comment"] = args.comment
+    if getattr(args, "hotfix", False):
+        body["hotfix"] = True
     made, failed = _call(args, lambda: client.approve(body))
     if failed is not None:
         return failed
@@ -169,6 +171,8 @@ def add_evidence_parsers(sub: Any, api: argparse.ArgumentParser) -> None:
     what.add_argument("--from", dest="from_env", metavar="ENV",
                       help="approve the digest ENV points to now (e.g. staging)")
     approve.add_argument("--comment", metavar="TEXT", help="why (recorded with the approval)")
+    approve.add_argument("--hotfix", action="store_true",
+                         help="a hotfix approval (counted by the policy's hotfix.approvals)")
     mode = approve.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true",
                       help="list approvals of --repository (filtered by --env, --digest)")

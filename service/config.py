@@ -104,6 +104,25 @@ def _path(name: str, value: str, must_exist: bool) -> str:
     return value
 
 
+def _disaster_recovery(get: Any) -> dict[str, Any]:
+    """TAGWARDEN_BACKUP_* and TAGWARDEN_RESTORE_* (issue 21)."""
+    values: dict[str, Any] = {}
+    for name, attr in (("TAGWARDEN_BACKUP_DIR", "backup_dir"),
+                       ("TAGWARDEN_RESTORE_SPOOL_DIR", "restore_spool_dir")):
+        if (v := get(name)) is not None and v:
+            if not os.path.isabs(v):
+                raise ConfigError(f"{name}={v!r} must be an absolute path")
+            values[attr] = v
+    for name, attr, low, high in (
+        ("TAGWARDEN_BACKUP_KEEP", "backup_keep", 1, 10_000),
+        ("TAGWARDEN_BACKUP_INTERVAL", "backup_interval", 60, 30 * 86400),
+        ("TAGWARDEN_RESTORE_MAX_BYTES", "restore_max_bytes", 1024, 1024**4),
+    ):
+        if (v := get(name)) is not None:
+            values[attr] = _int(name, v, low, high)
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     """Validated configuration; one instance per process."""
@@ -148,6 +167,11 @@ class Settings:
     trust_forwarded: bool = False
     # front-proxy deployment: answer blob GETs with X-Accel-Redirect to this internal location
     blob_accel_path: str = ""
+    # the registry's filesystem `rootdirectory`, readable by the gateway: blob GETs sent from
+    # it with sendfile, manifest GET/HEADs answered from the cache after its link files
+    registry_storage: str = ""
+    # bytes of manifests each gateway process keeps (content-addressed, LRU)
+    manifest_cache: int = 16 * 1024 * 1024
     reconcile_interval: int = 60
     worker_maintenance_interval: int = 60
     job_monitoring_interval: int = 10
@@ -166,6 +190,12 @@ class Settings:
     deliveries_max_len: int = 100_000
     # fault injection for tests only: seconds a promotion sleeps between registry and Redis
     fault_pause_after_registry_write: float = 0.0
+    # disaster recovery (issue 21): scheduled backups into a directory, and restore limits
+    backup_dir: str = ""
+    backup_keep: int = 7
+    backup_interval: int = 86400
+    restore_max_bytes: int = 16 * 1024**3
+    restore_spool_dir: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -263,6 +293,7 @@ class Settings:
         if (v := get("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE")) is not None:
             values["fault_pause_after_registry_write"] = float(
                 _int("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE", v, 0, 600))
+        values.update(_disaster_recovery(get))
         if (v := get("TAGWARDEN_TRUST_FORWARDED")) is not None:
             values["trust_forwarded"] = _bool("TAGWARDEN_TRUST_FORWARDED", v)
         if (v := get("TAGWARDEN_BLOB_ACCEL_PATH")) is not None and v:
@@ -270,6 +301,13 @@ class Settings:
                 raise ConfigError(f"TAGWARDEN_BLOB_ACCEL_PATH={v!r} must be a path such as "
                                   "/_tagwarden/blobs/ (letters, digits, - _ /, ending in /)")
             values["blob_accel_path"] = v
+        if (v := get("TAGWARDEN_REGISTRY_STORAGE")) is not None and v:
+            if not v.startswith("/"):
+                raise ConfigError(f"TAGWARDEN_REGISTRY_STORAGE={v!r} must be an absolute path")
+            values["registry_storage"] = v  # unreadable: a warning, and pulls are streamed
+        if (v := get("TAGWARDEN_MANIFEST_CACHE_MIB")) is not None:
+            values["manifest_cache"] = _int("TAGWARDEN_MANIFEST_CACHE_MIB", v, 0, 4096) \
+                * 1024 * 1024
         if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
             values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
         if (v := get("TAGWARDEN_AUTOMATIC_MOUNT")) is not None:

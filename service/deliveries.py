@@ -16,8 +16,10 @@ from service.services import Services
 
 EVENT_TYPES = ("promotion.succeeded", "promotion.denied", "rollback.succeeded",
                "scan.completed", "scan.failed", "push.denied", "drift.detected",
-               "approval.granted", "approval.withdrawn", "retention.deleted")
+               "approval.granted", "approval.withdrawn", "retention.deleted",
+               "hotfix.succeeded", "restore.reconciled")
 LINKS = {"promotion.succeeded": "promotions", "rollback.succeeded": "promotions",
+         "hotfix.succeeded": "promotions",
          "scan.completed": "scans", "scan.failed": "scans"}
 
 

@@ -79,6 +79,8 @@ def _rollback(svc: Services, req: dict[str, Any], actor: str | None,
     if not decision.allowed:
         raise PolicyDenied(denial_message(decision), decision)
     record["idempotency_key"] = client_key(idem)
+    undone = svc.environments.pointers(repository).get(environment) or {}
+    record["reverts"] = undone.get("promotion_id")  # the promotion this rollback undoes
     done = move(svc, record, manifest, expected, idem)
     notify.emit(svc, "rollback.succeeded", done)
     return done

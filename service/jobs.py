@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rq import Queue, Retry
@@ -16,7 +16,8 @@ DELIVER = "workers.deliveries.deliver"
 SCAN = "workers.scan.run_scan"
 RETENTION = "workers.retention.run_retention"
 RETENTION_TICK = "workers.retention.tick"
-JOBS = (RECONCILE, DRAIN, DELIVER, SCAN, RETENTION, RETENTION_TICK)
+BACKUP = "workers.backup.scheduled_backup"
+JOBS = (RECONCILE, DRAIN, DELIVER, SCAN, RETENTION, RETENTION_TICK, BACKUP)
 RETENTION_TICK_SECONDS = 60  # cron's resolution
 
 
@@ -77,3 +78,17 @@ def enqueue_retention_tick(queue: Queue) -> Job:
     return queue.enqueue_in(timedelta(seconds=seconds), RETENTION_TICK,
                             job_id=f"tagwarden-retention-tick-{slot}", job_timeout=300,
                             result_ttl=600, failure_ttl=24 * 3600, meta=job_meta())
+
+
+def enqueue_backup(queue: Queue, interval: int, now: bool = False) -> Job:
+    """Queue the next scheduled backup (TAGWARDEN_BACKUP_DIR) at the next multiple of
+    `interval` seconds (or at once with `now`); one per slot however many workers ask."""
+    import time
+
+    slot = int(time.time() // interval) + (0 if now else 1)
+    options: dict[str, Any] = dict(job_id=f"tagwarden-backup-{slot}", job_timeout=6 * 3600,
+                                   result_ttl=7 * 86400, failure_ttl=7 * 86400,
+                                   retry=Retry(max=2, interval=[60, 300]), meta=job_meta())
+    if now:
+        return queue.enqueue(BACKUP, **options)
+    return queue.enqueue_at(datetime.fromtimestamp(slot * interval, UTC), BACKUP, **options)

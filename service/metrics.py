@@ -51,6 +51,14 @@ PROXY_BYTES = Counter("tagwarden_proxy_bytes_total",
 ACCEL_BLOBS = Counter("tagwarden_proxy_blob_redirects_total",
                       "Blob GETs authorized by the gateway and handed to the front proxy "
                       "(X-Accel-Redirect); their bytes are not in tagwarden_proxy_bytes_total")
+LOCAL_BLOBS = Counter("tagwarden_proxy_blob_sendfile_total",
+                      "Blob GETs answered from the registry's storage with sendfile "
+                      "(TAGWARDEN_REGISTRY_STORAGE)")
+MANIFEST_CACHE_HITS = Counter("tagwarden_manifest_cache_hits_total",
+                              "Manifest GET/HEADs answered from the gateway's manifest cache")
+PULL_EVENTS_DROPPED = Counter("tagwarden_pull_events_dropped_total",
+                              "Pull events of locally answered pulls lost (Redis unreachable "
+                              "and the process's queue full)")
 DECISIONS = Counter("tagwarden_policy_decisions_total",
                     "Policy decisions on pushes, deletes, promotions and rollbacks: one "
                     "'allowed' per allowed decision, one 'denied' per violated rule",
@@ -123,6 +131,22 @@ def webhook(accepted: int, duplicates: int, malformed: int) -> None:
 def accel_blob() -> None:
     """Count a blob GET handed to the front proxy."""
     ACCEL_BLOBS.inc()
+
+
+def local_blob(length: int) -> None:
+    """A blob GET answered with sendfile (`length` bytes)."""
+    LOCAL_BLOBS.inc()
+    PROXY_BYTES.labels("out").inc(length)
+
+
+def manifest_cache_hit() -> None:
+    """A manifest GET/HEAD answered from the cache."""
+    MANIFEST_CACHE_HITS.inc()
+
+
+def pull_event_dropped() -> None:
+    """A pull event of a locally answered pull was dropped."""
+    PULL_EVENTS_DROPPED.inc()
 
 
 def webhook_failed(count: int = 1) -> None:
@@ -210,7 +234,9 @@ def _finish(resp: Response) -> Response:
     REQUESTS.labels(method, route, status).inc()
     if started is not None:
         LATENCY.labels(method, route, status).observe(time.perf_counter() - started)
-    if _is_proxy() and resp.response is not None and not resp.is_sequence:
+    if _is_proxy() and resp.response is not None and hasattr(resp.response, "filelike"):
+        pass  # a file sent with sendfile (service.local_pulls): counted there, never wrapped
+    elif _is_proxy() and resp.response is not None and not resp.is_sequence:
         resp.response = CountingBody(resp.response)
     elif _is_proxy() and resp.is_sequence:
         PROXY_BYTES.labels("out").inc(sum(len(chunk) for chunk in resp.response))

@@ -23,7 +23,7 @@ from service.domain.errors import (
     StoreUnavailable,
     Unprocessable,
 )
-from service.domain.gates import approval_tally
+from service.domain.gates import approval_tally, evaluate_hotfix
 from service.domain.policy import Decision, Policy, PromotionContext, evaluate_promotion
 from service.domain.tags import valid_repository, valid_tag
 from service.governance import denial_message, policy_for
@@ -139,8 +139,8 @@ def scan_summary(svc: Services, inputs: GateInputs) -> dict[str, Any] | None:
 
 
 def build_context(svc: Services, policy: Policy, repository: str, environment: str,
-                  kind: str, value: str, digest: str, requester: str | None = None
-                  ) -> PromotionContext:
+                  kind: str, value: str, digest: str, requester: str | None = None,
+                  hotfix: bool = False) -> PromotionContext:
     """Everything the gates need, read from Redis in one round trip (and the registry only
     when the tag map cannot answer); approvals and verifications only when gated."""
     inputs = svc.promotions.gate_inputs(repository, digest, list(policy.environments))
@@ -151,6 +151,8 @@ def build_context(svc: Services, policy: Policy, repository: str, environment: s
                    if gate.approvals else ()),
         verifications=(svc.verifications.latest(repository, digest, gate.verified.in_env)
                        if gate.verified else {}),
+        hotfix_approvals=(svc.approvals.valid_for(repository, environment, digest, hotfix=True)
+                          if hotfix and gate.hotfix else ()),
         repository=repository, environment=environment, digest=digest,
         source_kind=kind, source_value=value,  # type: ignore[arg-type]
         digest_tags=digest_tags(svc, repository, digest, policy.environments, inputs,
@@ -356,8 +358,22 @@ def promote(svc: Services, req: dict[str, Any], actor: str | None,
                       lambda idem: _promote(svc, req, actor, idem)[1])
 
 
+def _check_hotfix(policy: Policy, req: dict[str, Any]) -> None:
+    """A hotfix needs a reason and a `hotfix` section in the target environment's gate."""
+    if not (req.get("reason") or "").strip():
+        raise Unprocessable("a hotfix needs a reason (what it fixes)",
+                            errors={"reason": ["required with hotfix: true"]})
+    if policy.gate(req["environment"]).hotfix is None:
+        raise Unprocessable(
+            f"policy '{policy.name}' has no hotfix section for '{req['environment']}'",
+            errors={"hotfix": [f"no hotfix path into '{req['environment']}' in policy "
+                               f"'{policy.name}'"]})
+
+
 def _promote(svc: Services, req: dict[str, Any], actor: str | None,
              idem: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
+    if req.get("hotfix"):
+        return _hotfix(svc, req, actor, idem)
     repository, environment = req["repository"], req["environment"]
     policy = policy_for(svc, repository)
     _check_target(policy, repository, environment)
@@ -382,4 +398,40 @@ def _promote(svc: Services, req: dict[str, Any], actor: str | None,
     record["idempotency_key"] = client_key(idem)
     done = move(svc, record, manifest, req.get("expected_digest"), idem)
     notify.emit(svc, "promotion.succeeded", done)
+    return 201, done
+
+
+def _hotfix(svc: Services, req: dict[str, Any], actor: str | None,
+            idem: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
+    """A promotion marked as a hotfix: the gates the policy's `hotfix.bypass` names are set
+    aside (listed in the record as `bypassed`) once the hotfix approvals are there;
+    recorded as `kind: hotfix`, notified as `hotfix.succeeded`."""
+    repository, environment = req["repository"], req["environment"]
+    policy = policy_for(svc, repository)
+    _check_target(policy, repository, environment)
+    _check_hotfix(policy, req)
+    kind, value, manifest = resolve_source(svc, policy, req)
+    ctx = build_context(svc, policy, repository, environment, kind, value, manifest.digest,
+                        actor, hotfix=True)
+    found = evaluate_hotfix(policy, ctx)
+    decision = found.decision
+    record = _record("hotfix", repository, environment, manifest, None, {kind: value},
+                     list(ctx.digest_tags), actor, req.get("reason"), policy.name)
+    record["approvals"] = found.approvals.ids
+    record["bypassed"] = [v.rule for v in found.bypassed]
+    if req.get("dry_run") or not decision.allowed:
+        record["previous_digest"] = svc.environments.digests(repository).get(environment)
+    if req.get("dry_run"):
+        return 200, {**record, "id": None, "dry_run": True, **decision.to_dict(),
+                     "bypassed_violations": [v.to_dict() for v in found.bypassed]}
+    metrics.decision("promote", decision)
+    if not decision.allowed:
+        notify.emit(svc, "promotion.denied", {**record, "violations": decision.to_dict()[
+            "violations"]})
+        raise PolicyDenied(denial_message(decision), decision)
+    record["idempotency_key"] = client_key(idem)
+    done = move(svc, record, manifest, req.get("expected_digest"), idem)
+    notify.emit(svc, "hotfix.succeeded", done)
+    log.warning("hotfix %s of %s into %s by %s bypassed %s: %s", done["id"], repository,
+                environment, actor, record["bypassed"] or "nothing", req.get("reason"))
     return 201, done

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import catalog, clientaddr, governance, metrics, referrers, uploads
+from service import catalog, clientaddr, governance, local_pulls, metrics, referrers, uploads
 from service.domain.errors import Busy
 from service.domain.policy import is_immutable
 from service.gunicorn_worker import lift_deadline
@@ -274,17 +274,23 @@ def upload_refusal(name: str, uuid: str, refusal: uploads.Refusal) -> Response:
 def accel_blob(route: V2Route) -> Response:
     """Front-proxy mode: authorize a blob GET here, let nginx send the bytes.
 
-    The registry is asked (HEAD) whether the blob exists *in this repository*; if it does,
+    The registry's link file (with TAGWARDEN_REGISTRY_STORAGE), else the registry itself
+    (HEAD), says whether the blob exists *in this repository*; if it does,
     the answer is an empty 200 carrying `X-Accel-Redirect` to the internal location that
     maps onto the registry's filesystem storage, and the front proxy serves the file
     (sendfile, Range included). Anything else is proxied as usual, so errors keep the
     registry's own envelope."""
     digest = route.ref
-    headers = {k: v for k, v in upstream_headers(public_origin()).items()
-               if k.lower() not in ("range", "if-range")}  # nginx applies the Range
-    upstream = _client().request("HEAD", "/v2/" + route.path, headers=headers, stream=False)
-    if upstream.status != 200:
-        return forward(route)
+    storage = _services().storage
+    if storage is not None and storage.blob_linked(route.name, digest):
+        pass  # the registry's own link file says yes: no HEAD needed
+    else:
+        headers = {k: v for k, v in upstream_headers(public_origin()).items()
+                   if k.lower() not in ("range", "if-range")}  # nginx applies the Range
+        upstream = _client().request("HEAD", "/v2/" + route.path, headers=headers,
+                                     stream=False)
+        if upstream.status != 200:
+            return forward(route)
     hex_digest = digest.partition(":")[2]
     resp = Response(status=200)
     resp.headers.clear()
@@ -294,6 +300,34 @@ def accel_blob(route: V2Route) -> Response:
     resp.headers[API_VERSION[0]] = API_VERSION[1]
     metrics.accel_blob()
     return resp
+
+
+def read_manifest(route: V2Route) -> Response:
+    """A manifest GET/HEAD: from the cache when the repository links the digest (see
+    service.local_pulls), else from the registry, a GET's answer kept for the next time."""
+    answer = local_pulls.manifest(route)
+    if answer is not None:
+        return answer
+    if request.method != "GET" or g.get("manifest_digest") is None:
+        return forward(route)
+    upstream, origin, _ = send(route)
+    length = upstream.headers.get("Content-Length") or ""
+    if upstream.status != 200 or not length.isdigit() or int(length) > MAX_MANIFEST_BYTES:
+        return relay(upstream, origin)
+    try:
+        body = upstream.data  # the whole manifest (at most 4 MiB)
+    finally:
+        upstream.release_conn()
+    headers = _relayed_headers(upstream, origin)
+    local_pulls.remember(upstream, headers)
+    return _with_headers(Response(body, status=upstream.status), headers)
+
+
+def read_blob(route: V2Route) -> Response:
+    """A blob GET: from the registry's storage with sendfile when this repository links
+    the blob (service.local_pulls), else streamed from the registry."""
+    answer = local_pulls.blob(route)
+    return answer if answer is not None else forward(route)
 
 
 def tags_list(name: str) -> Response:
@@ -489,6 +523,7 @@ def delete_manifest(route: V2Route) -> Response:
         return resp
     response = forward(route)
     if response.status_code == 202 and DIGEST_RE.match(ref):
+        svc.manifest_cache.discard(ref)
         governance.after_manifest_delete(svc, name, ref)
     return response
 
@@ -520,6 +555,10 @@ def v2(path: str) -> Response:
     if (request.method == "GET" and route.kind == "blob" and _services().settings.blob_accel_path
             and request.headers.get(ACCEL_HEADER) == _services().settings.blob_accel_path):
         return accel_blob(route)
+    if request.method in ("GET", "HEAD") and route.kind == "manifest":
+        return read_manifest(route)
+    if request.method == "GET" and route.kind == "blob":
+        return read_blob(route)
     if request.method in ("PUT", "DELETE") and route.kind == "manifest":
         if request.method == "PUT":
             return put_manifest(route.name, route.ref)

@@ -45,8 +45,10 @@ AUDITED = {
     "approvals.withdraw_approval": "approval.withdraw",
     "approvals.create_verification": "verification.record",
     "retention.create_run": "retention.run",
+    "backup.restore": "backup.restore",
 }
 VULNDB_IMPORT_ENDPOINT = "scans.import_vulndb"
+RESTORE_ENDPOINT = "backup.restore"  # a streamed body, read (and bounded) by the restore
 
 
 class RateLimited(DomainError):
@@ -154,12 +156,14 @@ def _target() -> dict[str, Any]:
     for name in ("repository", "tag"):  # listings and releases name them in the query
         if isinstance(request.args.get(name), str):
             target[name] = request.args[name]
-    body = peek_json()
+    body = None if request.endpoint == RESTORE_ENDPOINT else peek_json()
     if isinstance(body, dict):
         for name in ("repository", "environment", "name", "role", "tag", "digest", "to",
                      "reference", "from_environment", "reason", "result"):
             if isinstance(body.get(name), str):
                 target[name] = body[name]
+        if body.get("hotfix") is True:  # a hotfix promotion or a hotfix approval
+            target["hotfix"] = True
         if isinstance(body.get("url"), str):
             target["url"] = _url_origin(body["url"])
     return target
@@ -240,10 +244,13 @@ def install(app: Flask, svc: Services) -> None:
         if path.startswith("/api/v1/"):
             request.max_content_length = (settings.vulndb_upload_max_bytes
                                           if request.endpoint == VULNDB_IMPORT_ENDPOINT
+                                          else settings.restore_max_bytes
+                                          if request.endpoint == RESTORE_ENDPOINT
                                           else settings.api_max_bytes)
             if request.endpoint == WEBHOOK_ENDPOINT:
                 return
-            if request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
+            if (request.content_length is None and request.method in ("POST", "PUT", "PATCH")
+                    and request.endpoint != RESTORE_ENDPOINT):
                 # a chunked body: read it within the limit; werkzeug raises 413 on the byte
                 # after the limit, which a plain read-all would silently drop
                 request.get_data(cache=True)
@@ -253,7 +260,8 @@ def install(app: Flask, svc: Services) -> None:
             if limiter is not None and not limiter.hit("api", principal.id):
                 raise RateLimited(f"rate limit {settings.rate_limit} exceeded for token "
                                   f"{principal.name!r}")
-            body = peek_json(strict=True)
+            # a restore's body is a stream of any size: never parsed whole here
+            body = None if request.endpoint == RESTORE_ENDPOINT else peek_json(strict=True)
             auth.authorize_api(principal, request.endpoint, request.method, body,
                                request.args.to_dict())
         elif path == "/v2" or path.startswith("/v2/"):

@@ -9,8 +9,11 @@ from rq import Queue
 
 from service import store
 from service.config import Settings
+from service.manifest_cache import ManifestCache
+from service.pull_events import PullRecorder
 from service.registry.client import RegistryClient
 from service.registry.limits import MemoryBudget
+from service.registry.storage import RegistryStorage
 from service.store.approvals import ApprovalStore
 from service.store.audit import AuditStore
 from service.store.bindings import TagBindings
@@ -65,6 +68,9 @@ class Services:
     approvals: ApprovalStore
     verifications: VerificationStore
     retention: RetentionStore
+    manifest_cache: ManifestCache
+    pulls: PullRecorder
+    storage: RegistryStorage | None = None
     breaker: store.Breaker | None = None
 
     @classmethod
@@ -75,6 +81,7 @@ class Services:
         client, breaker = store.guarded(settings.redis_url,
                                         timeout=timeout or settings.redis_timeout, **where)
         rq_client = store.connect(settings.redis_url, decode=False, timeout=10.0, **where)
+        events = EventStore(client, settings.events_max_len)
         return cls(
             settings=settings,
             breaker=breaker,
@@ -90,7 +97,7 @@ class Services:
             tags=TagMap(client),
             bindings=TagBindings(client),
             manifests=ManifestRefs(client),
-            events=EventStore(client, settings.events_max_len),
+            events=events,
             environments=EnvironmentStore(client),
             promotions=PromotionStore(client, settings.redis_min_replicas,
                                        durable_ms(timeout or settings.redis_timeout)),
@@ -106,4 +113,7 @@ class Services:
             approvals=ApprovalStore(client),
             verifications=VerificationStore(client),
             retention=RetentionStore(client),
+            manifest_cache=ManifestCache(settings.manifest_cache),
+            pulls=PullRecorder(events),
+            storage=RegistryStorage.open(settings.registry_storage),
         )

@@ -148,6 +148,8 @@ def build_children(data: Path, ha: bool = False) -> tuple[list[Child], dict[str,
     env.setdefault("TAGWARDEN_REDIS_URL", f"redis://{redis_addr}/0")
     env.setdefault("TAGWARDEN_REGISTRY_URL", f"http://{registry_addr}")
     env["TAGWARDEN_BIND"] = bind
+    # the gateway reads the registry's storage: blob GETs with sendfile, manifests cached
+    env.setdefault("TAGWARDEN_REGISTRY_STORAGE", str((data / "registry").resolve()))
     # gateway and worker write their metrics to one directory, so /metrics shows jobs too
     metrics_dir = data / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -10,7 +10,7 @@ from rq import Queue, Worker
 
 from service import multiproc
 from service.config import Settings
-from service.jobs import enqueue_reconcile, enqueue_retention_tick
+from service.jobs import enqueue_backup, enqueue_reconcile, enqueue_retention_tick
 from service.logs import setup_logging
 from service.store import connect
 
@@ -72,6 +72,8 @@ def run_worker(burst: bool = False) -> bool:
     try:
         enqueue_reconcile(queue)  # finish whatever a crash left behind, at every start
         enqueue_retention_tick(queue)  # retention schedules (ticks itself every minute)
+        if settings.backup_dir:  # scheduled backups (queue themselves every interval)
+            enqueue_backup(queue, settings.backup_interval)
         load_vulndb()
     except RedisError:
         log.warning("redis not reachable at start")

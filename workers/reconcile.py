@@ -9,6 +9,7 @@ from redis.exceptions import LockError
 
 from service import drift
 from service.promotions import reconcile_intent
+from service.recovery import reconcile_restore
 from workers.context import services
 
 log = logging.getLogger("tagwarden.reconcile")
@@ -36,9 +37,14 @@ def reconcile() -> dict[str, Any]:
                 lock.release()
             except LockError:
                 pass
+    # after a restore, what the registry holds is adopted and recorded first (drift repair
+    # would put the backup's pointers back over changes made after the backup)
+    adopted = reconcile_restore(svc)
     for repository in svc.promotions.repositories():
         drifted += len(drift.check_environments(svc, repository))
     result = {"finished": finished, "dropped": dropped, "drifted": drifted}
+    if adopted is not None:
+        result["restore_reconciled"] = [record["id"] for record in adopted]
     log.info("reconciliation: %s", result)
     from datetime import timedelta
 

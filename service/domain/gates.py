@@ -18,6 +18,7 @@ from service.domain.approvals import (
 )
 from service.domain.durations import format_duration, format_time
 from service.domain.policy_model import (
+    HOTFIX_BYPASSABLE,
     SEVERITIES,
     ApprovalGate,
     Decision,
@@ -59,6 +60,8 @@ class PromotionContext:
     requester: str | None = None
     approvals: Sequence[Mapping[str, Any]] = ()
     verifications: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # a hotfix promotion: the hotfix approvals of the digest (a set of their own)
+    hotfix_approvals: Sequence[Mapping[str, Any]] = ()
 
 
 def evaluate_promotion(policy: Policy, ctx: PromotionContext) -> Decision:
@@ -287,3 +290,36 @@ def _check_verified(verified: VerifiedGate | None, ctx: PromotionContext) -> _Fo
         yield ("promotion.verified", verified_message(
             verified, repository=ctx.repository, environment=ctx.environment,
             digest=ctx.digest, gaps=gaps))
+
+
+@dataclass(frozen=True)
+class HotfixDecision:
+    """A hotfix's decision, the violations its `bypass` list set aside, and the hotfix
+    approvals it counted."""
+
+    decision: Decision
+    bypassed: tuple[Violation, ...]
+    approvals: Tally
+
+
+def evaluate_hotfix(policy: Policy, ctx: PromotionContext) -> HotfixDecision:
+    """Decide a hotfix: every gate as for a promotion, those named in the environment's
+    `hotfix.bypass` set aside (reported as bypassed), and the hotfix approvals required
+    (`promotion.hotfix_approvals`); `latest` and the scan gate always apply."""
+    gate = policy.gate(ctx.environment)
+    assert gate.hotfix is not None, "callers check that the environment has a hotfix section"
+    hotfix = gate.hotfix
+    full = evaluate_promotion(policy, ctx)
+    skipped = {HOTFIX_BYPASSABLE[name] for name in hotfix.bypass}
+    kept = [v for v in full.violations if v.rule not in skipped]
+    bypassed = tuple(v for v in full.violations if v.rule in skipped)
+    counted = tally(hotfix.approvals, ctx.hotfix_approvals, environment=ctx.environment,
+                    digest=ctx.digest, requester=ctx.requester, now=ctx.now)
+    if counted.missing:
+        message = approvals_message(hotfix.approvals, repository=ctx.repository,
+                                    environment=ctx.environment, digest=ctx.digest,
+                                    found=counted, requester=ctx.requester)
+        message = ("hotfix: " + message.replace("approval(s)", "hotfix approval(s)")
+                   .replace("--digest", "--hotfix --digest"))
+        kept.append(Violation("promotion.hotfix_approvals", message, policy.name))
+    return HotfixDecision(Decision.of(policy, kept), bypassed, counted)

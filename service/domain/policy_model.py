@@ -66,6 +66,22 @@ class VerifiedGate:
     checks: tuple[str, ...]
 
 
+# gates a hotfix may skip (`latest` and the scan gate never); rule id of each
+HOTFIX_BYPASSABLE = {"from": "promotion.from", "tags": "promotion.tags",
+                     "soak": "promotion.soak", "freeze": "promotion.freeze",
+                     "referrers": "promotion.referrers", "approvals": "promotion.approvals",
+                     "verified": "promotion.verified"}
+
+
+@dataclass(frozen=True)
+class HotfixGate:
+    """Fix forward: a promotion marked as a hotfix (with a reason) skips the `bypass` gates
+    once `approvals` (hotfix approvals, a set of their own) are there."""
+
+    bypass: tuple[str, ...]
+    approvals: ApprovalGate
+
+
 @dataclass(frozen=True)
 class Gate:
     """Promotion gate of one target environment; the empty gate lets everything through."""
@@ -78,6 +94,7 @@ class Gate:
     referrers: tuple[ReferrerRequirement, ...] = ()
     approvals: ApprovalGate | None = None
     verified: VerifiedGate | None = None
+    hotfix: HotfixGate | None = None
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ class ApprovalRequestSchema(StrictSchema):
     environment = fields.String(required=True, validate=ENVIRONMENT)
     digest = fields.String(required=True, validate=DIGEST)
     comment = fields.String(validate=validate.Length(max=1000), allow_none=True)
+    hotfix = fields.Boolean(load_default=False, metadata={
+        "description": "a hotfix approval: counted by the environment's `hotfix.approvals` "
+                       "(and given by its approvers), never by the ordinary approvals gate"})
 
 
 class ApprovalQueryArgsSchema(PageQueryArgsSchema):
@@ -61,6 +64,7 @@ class ApprovalSchema(Schema):
     withdrawn_at = fields.String(allow_none=True)
     withdrawn_by = fields.String(allow_none=True)
     status = fields.String(validate=validate.OneOf(["valid", "expired", "withdrawn"]))
+    hotfix = fields.Boolean(metadata={"description": "true for a hotfix approval"})
 
 
 class VerificationRequestSchema(StrictSchema):

@@ -26,11 +26,13 @@ from service.domain.durations import format_duration, format_time, parse_duratio
 from service.domain.errors import InvalidRequest
 from service.domain.policy_model import (
     DEFAULT_POLICY,
+    HOTFIX_BYPASSABLE,
     ON_DRIFT,
     SEVERITIES,
     ApprovalGate,
     FreezeWindow,
     Gate,
+    HotfixGate,
     IgnoreEntry,
     Policy,
     PushRules,
@@ -297,6 +299,25 @@ class VerifiedGateSchema(_Strict):
         return VerifiedGate(in_env=data["in_env"], checks=tuple(dict.fromkeys(data["checks"])))
 
 
+def _check_bypass(name: str) -> None:
+    if name in ("latest", "scan", "severity", "scan_required"):
+        raise ValidationError(f"{name!r} is never bypassed, not even by a hotfix")
+    if name not in HOTFIX_BYPASSABLE:
+        raise ValidationError(f"{name!r} is not a gate; a hotfix may bypass "
+                              f"{', '.join(HOTFIX_BYPASSABLE)}")
+
+
+class HotfixGateSchema(_Strict):
+    bypass = fields.List(fields.String(validate=_check_bypass), required=True,
+                         validate=validate.Length(1, len(HOTFIX_BYPASSABLE)))
+    approvals = fields.Nested(ApprovalGateSchema, required=True)
+
+    @post_load
+    def make(self, data: dict, **kwargs: Any) -> HotfixGate:
+        return HotfixGate(bypass=tuple(dict.fromkeys(data["bypass"])),
+                          approvals=data["approvals"])
+
+
 class GateSchema(_Strict):
     from_env = fields.String(data_key="from", load_default=None)
     tags = _specs(load_default=list)
@@ -307,6 +328,7 @@ class GateSchema(_Strict):
                             validate=validate.Length(max=20))
     approvals = fields.Nested(ApprovalGateSchema, load_default=None, allow_none=True)
     verified = fields.Nested(VerifiedGateSchema, load_default=None, allow_none=True)
+    hotfix = fields.Nested(HotfixGateSchema, load_default=None, allow_none=True)
 
     @post_load
     def make(self, data: dict, **kwargs: Any) -> Gate:
@@ -319,6 +341,7 @@ class GateSchema(_Strict):
             referrers=tuple(data["referrers"]),
             approvals=data["approvals"],
             verified=data["verified"],
+            hotfix=data["hotfix"],
         )
 
     @post_dump

@@ -37,6 +37,10 @@ class PromotionRequestSchema(StrictSchema):
     reason = fields.String(validate=validate.Length(max=1000), allow_none=True)
     expected_digest = fields.String(validate=DIGEST, allow_none=True)
     dry_run = fields.Boolean(load_default=False)
+    hotfix = fields.Boolean(load_default=False, metadata={
+        "description": "fix forward: skip the gates the environment's `hotfix.bypass` names "
+                       "once its hotfix approvals are there (`reason` required; `latest` and "
+                       "the scan gate always apply); recorded as `kind: hotfix`"})
 
 
 class RollbackRequestSchema(StrictSchema):
@@ -56,7 +60,10 @@ class PromotionSchema(Schema):
     """A promotion record (or, for a dry run, its preview and the decision)."""
 
     id = fields.String(allow_none=True)
-    kind = fields.String(validate=validate.OneOf(["promotion", "rollback"]))
+    kind = fields.String(validate=validate.OneOf(["promotion", "rollback", "hotfix",
+                                                  "reconciled"]), metadata={
+        "description": "`reconciled`: found in the registry by the reconciliation after a "
+                       "restore (a change made after the backup)"})
     repository = fields.String()
     environment = fields.String()
     digest = fields.String()
@@ -71,6 +78,12 @@ class PromotionSchema(Schema):
         allow_none=True, metadata={"description": "the Idempotency-Key the request carried"})
     approvals = fields.List(fields.String(), metadata={
         "description": "ids of the approvals the `approvals` gate counted (empty without one)"})
+    reverts = fields.String(allow_none=True, metadata={
+        "description": "a rollback: the id of the promotion it undid"})
+    bypassed = fields.List(fields.String(), metadata={
+        "description": "a hotfix: the rules of the gates it set aside"})
+    bypassed_violations = fields.List(fields.Nested(ViolationSchema), metadata={
+        "description": "a hotfix dry run: what the bypassed gates would have said"})
     dry_run = fields.Boolean()
     allowed = fields.Boolean()
     violations = fields.List(fields.Nested(ViolationSchema))

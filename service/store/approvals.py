@@ -27,8 +27,10 @@ def _ms(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _valid_key(repository: str, environment: str, digest: str) -> str:
-    return key("approvals", "valid", repository, environment, digest)
+def _valid_key(repository: str, environment: str, digest: str, hotfix: bool = False) -> str:
+    # hotfix approvals (the policy's `hotfix.approvals`) count in a set of their own: an
+    # ordinary approval never opens the hotfix path, nor a hotfix approval the ordinary gate
+    return key("approvals", "hotfix" if hotfix else "valid", repository, environment, digest)
 
 
 class ApprovalStore:
@@ -40,7 +42,8 @@ class ApprovalStore:
     def add(self, approval: dict[str, Any], valid_for: int) -> None:
         """Store a new approval, make it count for its digest and environment, list it."""
         data = json.dumps(approval, separators=(",", ":"), sort_keys=True)
-        valid = _valid_key(approval["repository"], approval["environment"], approval["digest"])
+        valid = _valid_key(approval["repository"], approval["environment"], approval["digest"],
+                           bool(approval.get("hotfix")))
         ref = json.dumps({"id": approval["id"]})
         pipe = self.r.pipeline(transaction=True)
         pipe.set(key("approval", approval["id"]), data)
@@ -66,11 +69,12 @@ class ApprovalStore:
         raw = self.r.get(key("approval", approval_id))
         return json.loads(raw) if raw else None
 
-    def valid_for(self, repository: str, environment: str, digest: str
+    def valid_for(self, repository: str, environment: str, digest: str, hotfix: bool = False
                   ) -> list[dict[str, Any]]:
-        """The approvals of a digest for an environment that are not withdrawn (expired ones
-        included until Redis drops the set: the gate compares `expires_at` with now)."""
-        raw = self.r.hvals(_valid_key(repository, environment, digest))
+        """The approvals (`hotfix`: the hotfix approvals) of a digest for an environment that
+        are not withdrawn (expired ones included until Redis drops the set: the gate compares
+        `expires_at` with now)."""
+        raw = self.r.hvals(_valid_key(repository, environment, digest, hotfix))
         return [json.loads(item) for item in raw]
 
     def withdraw(self, approval_id: str, actor: str | None, at: str
@@ -93,7 +97,8 @@ class ApprovalStore:
                     pipe.set(record_key, json.dumps(record, separators=(",", ":"),
                                                     sort_keys=True))
                     pipe.hdel(_valid_key(record["repository"], record["environment"],
-                                         record["digest"]), approval_id)
+                                         record["digest"], bool(record.get("hotfix"))),
+                              approval_id)
                     pipe.execute()
                     return record, True
                 except redis.WatchError:

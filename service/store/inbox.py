@@ -16,13 +16,16 @@ GROUP = "processors"
 # One round trip per envelope. KEYS: 1 inbox stream, 2 draining flag, then per event its
 # seen-marker followed (for events recorded directly) by its event streams.
 # ARGV: 1 dedupe ttl, 2 maxlen, then per event: number of direct streams, event json.
-# Returns {accepted, schedule a drain?}.
+# Returns {accepted, schedule a drain?, {1 or 0 per event: new or a duplicate}}.
 ACCEPT = """
 local accepted, queued, k = 0, 0, 3
+local new = {}
 for i = 3, #ARGV, 2 do
   local direct = tonumber(ARGV[i])
+  new[#new + 1] = 0
   if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
     accepted = accepted + 1
+    new[#new] = 1
     if direct == 0 then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i + 1])
       queued = queued + 1
@@ -36,7 +39,7 @@ for i = 3, #ARGV, 2 do
 end
 local kick = 0
 if queued > 0 and redis.call('SET', KEYS[2], '1', 'NX', 'EX', 30) then kick = 1 end
-return {accepted, kick}
+return {accepted, kick, new}
 """
 
 
@@ -59,8 +62,24 @@ class Inbox:
             streams = (direct(event) if direct else None) or []
             keys += [key("event-seen", event["id"]), *streams]
             args += [len(streams), serialize(event)]
-        accepted, kick = self._accept(keys=keys, args=args)
+        accepted, kick = self._accept(keys=keys, args=args)[:2]
         return int(accepted), bool(kick)
+
+    def accept_envelopes(self, envelopes: list[list[dict[str, Any]]], direct: Any = None
+                         ) -> tuple[list[int], bool]:
+        """`accept` for several envelopes in one round trip: (new events of each envelope,
+        schedule a drain?)."""
+        keys, args = [self.stream, key("inbox", "draining")], [DEDUPE_TTL, self.max_len]
+        for event in (e for events in envelopes for e in events):
+            streams = (direct(event) if direct else None) or []
+            keys += [key("event-seen", event["id"]), *streams]
+            args += [len(streams), serialize(event)]
+        _, kick, new = self._accept(keys=keys, args=args)
+        counts, at = [], 0
+        for events in envelopes:
+            counts.append(sum(int(flag) for flag in new[at:at + len(events)]))
+            at += len(events)
+        return counts, bool(kick)
 
     def done_draining(self) -> None:
         """The drain is ending: the next accepted event schedules a new one."""

@@ -1209,6 +1209,10 @@ def test_schemathesis_every_operation(hostile: Stack) -> None:
     import schemathesis
     from hypothesis.errors import Unsatisfiable
 
+    @schemathesis.serializer("application/x-ndjson")
+    def _ndjson(ctx: Any, value: Any) -> bytes:  # a restore's body: whatever was generated
+        return (value if isinstance(value, str) else json.dumps(value)).encode()
+
     schema = schemathesis.openapi.from_path(str(OPENAPI))
     # Always a valid token: with security parameters on, schemathesis sends random or no
     # credentials and a quarter of the requests never get past the 401.

@@ -87,7 +87,10 @@ def start_stack(workdir: Path, worker: bool = True, fsync: str = "everysec",
     registry = procs.registry_server(
         workdir / "registry", f"http://127.0.0.1:{gw_port}/api/v1/webhooks/registry"
     )
-    test_env = {k: v for k, v in TEST_ENV.items() if k not in without}
+    # as deployed by `make run` and docker-compose.yml: the gateway reads the registry's
+    # storage (blob GETs with sendfile, manifests from its cache after the link files)
+    test_env = {k: v for k, v in {**TEST_ENV, "TAGWARDEN_REGISTRY_STORAGE": str(
+        workdir / "registry" / "data")}.items() if k not in without}
     env = procs.gateway_env(redis_proc.port, registry.port, **{**test_env, **env_extra})
     gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
     stack = Stack(redis_proc, registry, gateway, workdir, env)

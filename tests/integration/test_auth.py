@@ -184,6 +184,11 @@ EXPECTED: dict[tuple[str, str], tuple[str, Request]] = {
         "/api/v1/retention/runs", {"repository": "team-a/none-*", "dry_run": True})),
     ("GET", "/api/v1/retention/runs/<string:run_id>"): (
         "reader", lambda w: ("/api/v1/retention/runs/ret_unknown", None)),
+    # disaster recovery (issue 21): the admin's; a restore over this live store is a 409
+    ("GET", "/api/v1/backup"): ("admin", lambda w: ("/api/v1/backup", None)),
+    ("POST", "/api/v1/restore"): ("admin", lambda w: ("/api/v1/restore", None)),
+    ("GET", "/api/v1/timeline"): (
+        "reader", lambda w: (f"/api/v1/timeline?repository={TEAM}", None)),
     ("POST", "/api/v1/webhooks/registry"): (WEBHOOK, lambda w: (
         "/api/v1/webhooks/registry", {"events": []})),
 }

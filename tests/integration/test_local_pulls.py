@@ -1,0 +1,246 @@
+"""Pulls the gateway answers from the registry's storage (TAGWARDEN_REGISTRY_STORAGE, as
+`make run` and docker-compose.yml deploy it): blobs with sendfile, manifests from the
+content-addressed cache, each only when *this* repository links the content, and a pull
+event recorded for each as the registry would have."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.helpers import oci, procs
+from tests.integration.conftest import Stack, start_stack
+from tests.integration.test_attacks import ACCEPT, Client, token
+
+SAME = ("Content-Type", "Content-Length", "Docker-Content-Digest", "Etag", "Accept-Ranges",
+        "Cache-Control", "Docker-Distribution-Api-Version", "Content-Range")
+
+
+def counter(stack: Stack, name: str) -> float:
+    text = requests.get(f"{stack.gw_url}/metrics", timeout=10).text
+    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def same_headers(a: requests.Response, b: requests.Response) -> dict[str, tuple]:
+    """The headers that differ between two answers (Date and request ids aside)."""
+    return {k: (a.headers.get(k), b.headers.get(k)) for k in SAME
+            if a.headers.get(k) != b.headers.get(k)}
+
+
+def registry(stack: Stack, method: str, path: str, **headers: str) -> requests.Response:
+    return requests.request(method, stack.reg_url + path, headers={"Accept": ACCEPT, **headers},
+                            timeout=20)
+
+
+def gateway_pulls(stack: Stack, repo: str, digest: str) -> list[dict[str, Any]]:
+    resp = stack.admin().get(f"{stack.gw_url}/api/v1/events", timeout=10,
+                             params={"repository": repo, "action": "pull", "limit": 200})
+    assert resp.status_code == 200, resp.text
+    return [e for e in resp.json()["items"]
+            if e.get("source") == "gateway" and e.get("digest") == digest]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack) -> dict[str, Any]:
+    admin = Client(stack, procs.ADMIN_TOKEN)
+    ci = Client(stack, token(stack, "local-ci", "ci", repositories=["team-a/*"],
+                             environments=["develop"]))
+    run = uuid.uuid4().hex[:8]
+    secret_digest, secret_blobs = admin.image(f"secret/local-{run}", "v1.0.0", "secret")
+    digest, blobs = ci.image(f"team-a/local-{run}", "v1.0.0", "mine")
+    return {"admin": admin, "ci": ci, "repo": f"team-a/local-{run}", "digest": digest,
+            "blobs": blobs, "secret_repo": f"secret/local-{run}",
+            "secret_digest": secret_digest, "secret_blobs": secret_blobs}
+
+
+# -- blobs ----------------------------------------------------------------------------------
+def test_a_blob_get_is_sent_from_the_storage_as_the_registry_would(stack: Stack, world: dict):
+    repo, layer = world["repo"], world["blobs"][1]
+    before = counter(stack, "tagwarden_proxy_blob_sendfile_total")
+    got = world["ci"].call("GET", f"/v2/{repo}/blobs/{layer}")
+    direct = registry(stack, "GET", f"/v2/{repo}/blobs/{layer}")
+    assert got.status_code == 200 and direct.status_code == 200
+    assert got.content == direct.content
+    assert same_headers(got, direct) == {}
+    assert counter(stack, "tagwarden_proxy_blob_sendfile_total") == before + 1
+
+
+@pytest.mark.parametrize("spec", ["bytes=10-19", "bytes=5-", "bytes=-7", "bytes=0-100000"])
+def test_a_range_is_answered_206_from_the_storage(stack: Stack, world: dict, spec: str):
+    repo, layer = world["repo"], world["blobs"][1]
+    before = counter(stack, "tagwarden_proxy_blob_sendfile_total")
+    got = world["ci"].call("GET", f"/v2/{repo}/blobs/{layer}", headers={"Range": spec})
+    direct = registry(stack, "GET", f"/v2/{repo}/blobs/{layer}", Range=spec)
+    assert (got.status_code, direct.status_code) == (206, 206)
+    assert got.content == direct.content
+    assert got.headers["Content-Range"] == direct.headers["Content-Range"]
+    assert same_headers(got, direct) == {}
+    assert counter(stack, "tagwarden_proxy_blob_sendfile_total") == before + 1
+
+
+def test_several_ranges_are_left_to_the_registry(stack: Stack, world: dict):
+    repo, layer = world["repo"], world["blobs"][1]
+    before = counter(stack, "tagwarden_proxy_blob_sendfile_total")
+    got = world["ci"].call("GET", f"/v2/{repo}/blobs/{layer}",
+                           headers={"Range": "bytes=0-1,4-5"})
+    direct = registry(stack, "GET", f"/v2/{repo}/blobs/{layer}", Range="bytes=0-1,4-5")
+    assert got.status_code == direct.status_code == 206
+    assert got.headers["Content-Type"].startswith("multipart/byteranges")
+    assert counter(stack, "tagwarden_proxy_blob_sendfile_total") == before
+
+
+def test_another_repositorys_blob_is_404_through_this_one(stack: Stack, world: dict):
+    """team-a's token asks for secret's layer through team-a's repository: the blob is in
+    the global store, but not linked in team-a/..., so the answer is the registry's 404."""
+    secret_layer = world["secret_blobs"][1]
+    before = counter(stack, "tagwarden_proxy_blob_sendfile_total")
+    for path in (f"/v2/{world['repo']}/blobs/{secret_layer}",
+                 f"/v2/team-a/never-pushed/blobs/{secret_layer}"):
+        resp = world["ci"].call("GET", path)
+        assert resp.status_code == 404, resp.text
+        assert resp.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        ranged = world["ci"].call("GET", path, headers={"Range": "bytes=0-3"})
+        assert ranged.status_code == 404
+    assert world["ci"].call("GET", f"/v2/{world['secret_repo']}/blobs/{secret_layer}"
+                            ).status_code == 403
+    assert counter(stack, "tagwarden_proxy_blob_sendfile_total") == before
+
+
+def test_a_deleted_blob_is_404(stack: Stack, world: dict):
+    admin, repo = world["admin"], world["repo"]
+    blob = admin.blob(repo, f"to be deleted {uuid.uuid4()}".encode())
+    assert admin.call("GET", f"/v2/{repo}/blobs/{blob}").status_code == 200
+    assert admin.call("DELETE", f"/v2/{repo}/blobs/{blob}").status_code == 202
+    gone = admin.call("GET", f"/v2/{repo}/blobs/{blob}")
+    assert gone.status_code == 404
+    assert gone.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+def test_unreadable_storage_falls_back_to_streaming(tmp_path: Path):
+    s = start_stack(tmp_path, worker=False,
+                    TAGWARDEN_REGISTRY_STORAGE=str(tmp_path / "not-the-storage"))
+    try:
+        client = Client(s, procs.ADMIN_TOKEN)
+        data = f"streamed {uuid.uuid4()}".encode() * 1000
+        blob = client.blob("team/stream", data)
+        got = client.call("GET", f"/v2/team/stream/blobs/{blob}")
+        assert got.status_code == 200 and got.content == data
+        part = client.call("GET", f"/v2/team/stream/blobs/{blob}",
+                           headers={"Range": "bytes=3-9"})
+        assert part.status_code == 206 and part.content == data[3:10]
+        assert counter(s, "tagwarden_proxy_blob_sendfile_total") == 0
+    finally:
+        s.stop()
+
+
+# -- manifests ------------------------------------------------------------------------------
+def test_a_cached_manifest_is_the_registrys_answer(stack: Stack, world: dict):
+    ci, repo, digest = world["ci"], world["repo"], world["digest"]
+    for ref in ("v1.0.0", digest):
+        path = f"/v2/{repo}/manifests/{ref}"
+        first = ci.call("GET", path, headers={"Accept": ACCEPT})  # fills the cache
+        hits = counter(stack, "tagwarden_manifest_cache_hits_total")
+        again = ci.call("GET", path, headers={"Accept": ACCEPT})
+        head = ci.call("HEAD", path, headers={"Accept": ACCEPT})
+        assert counter(stack, "tagwarden_manifest_cache_hits_total") >= hits + 2
+        direct = registry(stack, "GET", path)
+        for resp in (first, again):
+            assert resp.status_code == 200
+            assert resp.content == direct.content
+            assert resp.headers["Docker-Content-Digest"] == digest
+            assert same_headers(resp, direct) == {}
+        assert head.status_code == 200 and head.content == b""
+        assert same_headers(head, registry(stack, "HEAD", path)) == {}
+
+
+def test_a_manifest_not_linked_in_this_repository_is_404(stack: Stack, world: dict):
+    admin, ci = world["admin"], world["ci"]
+    secret = world["secret_digest"]
+    # cached through its own repository first
+    for _ in range(2):
+        assert admin.call("GET", f"/v2/{world['secret_repo']}/manifests/{secret}",
+                          headers={"Accept": ACCEPT}).status_code == 200
+    for method in ("GET", "HEAD"):
+        resp = ci.call(method, f"/v2/{world['repo']}/manifests/{secret}",
+                       headers={"Accept": ACCEPT})
+        assert resp.status_code == 404
+        if method == "GET":
+            assert resp.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_a_manifest_deleted_through_the_gateway_is_gone(stack: Stack, world: dict):
+    admin = world["admin"]
+    repo = f"team-a/deleted-{uuid.uuid4().hex[:6]}"
+    digest, _ = admin.image(repo, "build-1", "deleted")
+    for ref in ("build-1", digest):
+        for _ in range(2):
+            assert admin.call("GET", f"/v2/{repo}/manifests/{ref}",
+                              headers={"Accept": ACCEPT}).status_code == 200
+    assert admin.call("DELETE", f"/v2/{repo}/manifests/{digest}").status_code == 202
+    for ref in ("build-1", digest):
+        for method in ("GET", "HEAD"):
+            resp = admin.call(method, f"/v2/{repo}/manifests/{ref}", headers={"Accept": ACCEPT})
+            assert resp.status_code == 404, (ref, method)
+
+
+def test_a_manifest_deleted_behind_the_gateway_is_gone(stack: Stack, world: dict):
+    admin = world["admin"]
+    repo = f"team-a/behind-{uuid.uuid4().hex[:6]}"
+    digest, _ = admin.image(repo, "build-1", "behind")
+    for _ in range(2):
+        assert admin.call("GET", f"/v2/{repo}/manifests/{digest}",
+                          headers={"Accept": ACCEPT}).status_code == 200
+    assert registry(stack, "DELETE", f"/v2/{repo}/manifests/{digest}").status_code == 202
+    assert admin.call("GET", f"/v2/{repo}/manifests/{digest}",
+                      headers={"Accept": ACCEPT}).status_code == 404
+
+
+def test_an_accept_without_the_stored_type_is_the_registrys_answer(stack: Stack, world: dict):
+    ci, repo = world["ci"], world["repo"]
+    path = f"/v2/{repo}/manifests/{world['digest']}"
+    ci.call("GET", path, headers={"Accept": ACCEPT})
+    only_docker = {"Accept": oci.DOCKER_MANIFEST}
+    got = ci.call("GET", path, headers=only_docker)
+    direct = registry(stack, "GET", path, Accept=oci.DOCKER_MANIFEST)
+    assert got.status_code == direct.status_code == 404  # an OCI manifest, not accepted
+
+
+def test_pulls_answered_by_the_gateway_are_recorded_once_each(stack: Stack, world: dict):
+    ci, repo, digest, layer = world["ci"], world["repo"], world["digest"], world["blobs"][1]
+    path = f"/v2/{repo}/manifests/v1.0.0"
+    ci.call("GET", path, headers={"Accept": ACCEPT})  # cached (maybe by an earlier test)
+    before_m = len(gateway_pulls(stack, repo, digest))
+    before_b = len(gateway_pulls(stack, repo, layer))
+    hits = counter(stack, "tagwarden_manifest_cache_hits_total")
+    for method in ("GET", "HEAD", "GET"):
+        assert ci.call(method, path, headers={"Accept": ACCEPT}).status_code == 200
+    assert counter(stack, "tagwarden_manifest_cache_hits_total") == hits + 3
+    assert ci.call("GET", f"/v2/{repo}/blobs/{layer}").status_code == 200
+    manifests = wait_for(lambda: len(gateway_pulls(stack, repo, digest)) >= before_m + 3
+                         and gateway_pulls(stack, repo, digest))
+    blobs = wait_for(lambda: len(gateway_pulls(stack, repo, layer)) >= before_b + 1
+                     and gateway_pulls(stack, repo, layer))
+    assert len(manifests) == before_m + 3
+    assert len(blobs) == before_b + 1
+    newest = manifests[:3]
+    assert sorted(e["request"]["method"] for e in newest) == ["GET", "GET", "HEAD"]
+    assert {(e["tag"], e["media_type"], e["actor"].startswith("local-ci")) for e in newest} == {
+        ("v1.0.0", oci.OCI_MANIFEST, True)}
+    assert (blobs[0]["media_type"], blobs[0]["tag"]) == ("application/octet-stream", None)
