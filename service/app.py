@@ -114,6 +114,7 @@ def create_app(config: Any = None) -> Flask:
         api.register_blueprint(blueprint)
     openapi.install(app, svc)
     metrics.install(app, svc)
+    svc.pulls.on_drop = metrics.pull_event_dropped
     app.wsgi_app = WebhookFastPath(app.wsgi_app, svc)  # type: ignore[method-assign]
     return app
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli import _api_options, _call, _client, _print_json, _short, _table
+from service.cli_common import _api_options, _call, _client, _print_json, _short, _table
 
 NDJSON = "application/x-ndjson"
 

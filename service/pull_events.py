@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,17 +44,14 @@ def pull_event(repository: str, digest: str, media_type: str, size: int, tag: st
             "source": "gateway"}
 
 
-def _dropped() -> None:
-    from service import metrics  # metrics imports service.services, which imports this
-
-    metrics.pull_event_dropped()
-
-
 class PullRecorder:
     """Queues pull events and writes them in batches from a background thread."""
 
     def __init__(self, events: EventStore) -> None:
         self.events = events
+        # counts each dropped event in the metrics: set by the app factory, since
+        # service.metrics imports service.services, which imports this module
+        self.on_drop: Callable[[], None] = lambda: None
         self._pending: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
         self._pid = 0
@@ -68,7 +66,7 @@ class PullRecorder:
             if len(self._pending) >= PENDING_MAX:
                 self._pending.popleft()
                 self.dropped += 1
-                _dropped()
+                self.on_drop()
             self._pending.append(event)
             self._cond.notify()
 
@@ -110,7 +108,7 @@ class PullRecorder:
                 lost = max(0, len(batch) - room)
                 self.dropped += lost
                 for _ in range(lost):
-                    _dropped()
+                    self.on_drop()
                 self._pending.extendleft(reversed(batch[lost:]))
                 self._cond.wait(RETRY_DELAY)
 

@@ -69,7 +69,8 @@ class Inbox:
                          ) -> tuple[list[int], bool]:
         """`accept` for several envelopes in one round trip: (new events of each envelope,
         schedule a drain?)."""
-        keys, args = [self.stream, key("inbox", "draining")], [DEDUPE_TTL, self.max_len]
+        keys = [self.stream, key("inbox", "draining")]
+        args: list[int | str] = [DEDUPE_TTL, self.max_len]
         for event in (e for events in envelopes for e in events):
             streams = (direct(event) if direct else None) or []
             keys += [key("event-seen", event["id"]), *streams]

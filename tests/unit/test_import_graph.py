@@ -29,6 +29,7 @@ KNOWN_CROSSINGS = {
     ("service.cli", "workers.main"),
     # the process and OCI-image helpers shared by the integration tests and the benchmarks
     # (~1,100 lines; they move out of tests/ with the folder move)
+    ("bench.backup", "tests.helpers.procs"),
     ("bench.conformance", "tests.helpers.procs"),
     ("bench.stack", "tests.helpers.procs"),
     ("bench.images", "tests.helpers.oci"),
