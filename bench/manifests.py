@@ -148,8 +148,8 @@ def put(stack: BenchStack, cfg: Config) -> Row:
 def governance_breakdown(stack: BenchStack, n: int = 300) -> dict[str, Any]:
     """In-process timing of each step the gateway adds to a tag PUT, against the bench's real
     Redis and registry (p50/p95 in µs): where the added milliseconds go."""
-    from service import governance
     from service.config import Settings
+    from service.core import governance
     from service.domain.policy import evaluate_push
     from service.services import Services
 
@@ -188,7 +188,7 @@ def policy_eval(cfg: Config) -> Row:
     """`service.domain.policy.evaluate_push` alone, in this process: p95 over a mix of tags
     (semver, git-sha, latest, other, environment, denied), default and a regex policy."""
     from service.domain.policy import DEFAULT_POLICY, evaluate_push
-    from service.schemas.policy import load_policy
+    from service.http.schemas.policy import load_policy
 
     custom = load_policy({
         "name": "bench-eval", "repositories": ["team/*"],

@@ -124,14 +124,14 @@ def summarize(path: Path, n: int = 15) -> dict[str, list[tuple[str, float]]]:
 # (the registry call inside the view) are listed before the layers that contain them.
 LAYERS = [
     ("prometheus metrics", ("prometheus_client/",)),
-    ("access log line (service/logs.py)", ("service/logs.py",)),
+    ("access log line (service/obs/logs.py)", ("service/obs/logs.py",)),
     ("registry call: urllib3 + http.client", ("urllib3/", "http/client.py")),
     ("redis-py round trips", ("redis/",)),
     ("flask-smorest/marshmallow (schemas)", ("flask_smorest/", "marshmallow/", "webargs/")),
     ("gunicorn: parse request", ("gunicorn/http/parser.py", "gunicorn/http/message.py",
                                  "gunicorn/http/unreader.py", "gunicorn/http/body.py")),
     ("gunicorn: write response", ("gunicorn/http/wsgi.py", "gunicorn/util.py")),
-    ("app hooks: auth, security, audit", ("service/security.py", "service/auth.py")),
+    ("app hooks: auth, security, audit", ("service/http/security.py", "service/core/auth.py")),
     ("gthread main loop (accept, keep-alive polling)", (
         "wait_for_and_dispatch_events", "enqueue_req", "ThreadWorker.accept",
         "on_client_socket_readable", "murder_keepalived", "ThreadWorker.run ")),

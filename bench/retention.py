@@ -1,6 +1,6 @@
 """Retention's speed: digests evaluated per second on a repository with 10,000 tags.
 
-What is measured: `service.retention.plan` for one repository, in this process, against the
+What is measured: `service.core.retention.plan` for one repository, in this process, against the
 bench's real Redis: the snapshot (tag map, bindings, pointers, the distinct digests of each
 environment's history, push times, cached manifest references, active scans, intents) and the
 selection with every reason. The registry is not asked anything (every manifest's references
@@ -85,7 +85,7 @@ def seed(svc: Any, now: float) -> None:
 
 
 def run(stack: BenchStack, cfg: Config) -> Row:
-    from service import retention
+    from service.core import retention
     from service.domain.policy_model import Policy, Retention
     from service.domain.retention import select
 

@@ -7,6 +7,6 @@ from typing import Any
 
 def create_app(config: Any = None) -> Any:
     """The Flask application (imported lazily so workers never import Flask)."""
-    from service.app import create_app as _create_app
+    from service.http.app import create_app as _create_app
 
     return _create_app(config)

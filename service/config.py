@@ -230,7 +230,7 @@ class Settings:
                 * 1024 * 1024
         for name, low, high in (("TAGWARDEN_UPLOAD_MIN_RATE", 0, 1024**3),
                                 ("TAGWARDEN_RESERVED_THREADS", 1, 1024)):
-            if (v := get(name)) is not None:  # read by service.gunicorn_worker
+            if (v := get(name)) is not None:  # read by service.http.gunicorn_worker
                 _int(name, v, low, high)
         if (v := get("TAGWARDEN_QUEUE")) is not None:
             if not v.replace("-", "").replace("_", "").isalnum():

@@ -9,8 +9,8 @@ from rq import Queue
 
 from service import store
 from service.config import Settings
-from service.manifest_cache import ManifestCache
-from service.pull_events import PullRecorder
+from service.core.manifest_cache import ManifestCache
+from service.core.pull_events import PullRecorder
 from service.registry.client import RegistryClient
 from service.registry.limits import MemoryBudget
 from service.registry.storage import RegistryStorage

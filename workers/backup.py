@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from service import backup
-from service.jobs import enqueue_backup
+from service.core import backup
+from service.core.jobs import enqueue_backup
 from workers.context import services
 
 log = logging.getLogger("tagwarden.backup")

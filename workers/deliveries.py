@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 import urllib3
 
-from service import metrics, outbound
-from service.deliveries import sign
+from service.core import outbound
+from service.core.deliveries import sign
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest
+from service.obs import metrics
 from workers.context import services
 
 log = logging.getLogger("tagwarden.deliveries")

@@ -8,11 +8,12 @@ import socket
 import time
 from typing import Any
 
-from service import drift, governance, metrics, referrers
+from service.core import drift, governance, referrers
+from service.core.webhooks import needs_processing
 from service.domain.policy import is_immutable
 from service.domain.referrers import SUBJECT_TYPES
+from service.obs import metrics
 from service.services import Services
-from service.webhooks import needs_processing
 from workers.context import services
 
 log = logging.getLogger("tagwarden.events")

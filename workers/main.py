@@ -8,10 +8,10 @@ import os
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
-from service import multiproc
 from service.config import Settings
-from service.jobs import enqueue_backup, enqueue_reconcile, enqueue_retention_tick
-from service.logs import setup_logging
+from service.core.jobs import enqueue_backup, enqueue_reconcile, enqueue_retention_tick
+from service.obs import multiproc
+from service.obs.logs import setup_logging
 from service.store import connect
 
 
@@ -20,7 +20,7 @@ def load_vulndb() -> None:
     path = os.environ.get("TAGWARDEN_VULNDB")
     if not path:
         return
-    from service.vulndb_admin import import_vulndb
+    from service.core.vulndb_admin import import_vulndb
     from workers.context import services
 
     try:
@@ -38,7 +38,7 @@ def preload() -> None:
     a work-horse per job, which then inherits them instead of paying ~300 ms each time."""
     import importlib
 
-    from service.jobs import JOBS
+    from service.core.jobs import JOBS
     from workers.context import services
 
     for dotted in JOBS:
@@ -48,7 +48,7 @@ def preload() -> None:
 
 def run_worker(burst: bool = False) -> bool:
     """Work Tagwarden's queue until stopped (or until empty with burst)."""
-    multiproc.setup_worker()  # before anything imports service.metrics
+    multiproc.setup_worker()  # before anything imports service.obs.metrics
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings.from_env()
     setup_logging(settings.log_format)

@@ -7,9 +7,9 @@ from typing import Any
 
 from redis.exceptions import LockError
 
-from service import drift
-from service.promotions import reconcile_intent
-from service.recovery import reconcile_restore
+from service.core import drift
+from service.core.promotions import reconcile_intent
+from service.core.recovery import reconcile_restore
 from workers.context import services
 
 log = logging.getLogger("tagwarden.reconcile")
@@ -48,7 +48,7 @@ def reconcile() -> dict[str, Any]:
     log.info("reconciliation: %s", result)
     from datetime import timedelta
 
-    from service.jobs import enqueue_reconcile
+    from service.core.jobs import enqueue_reconcile
 
     # the next pass (periodic: repairs what a Redis or gateway crash left, detects drift)
     enqueue_reconcile(svc.queue, timedelta(seconds=svc.settings.reconcile_interval))

@@ -6,8 +6,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from service import retention
-from service.jobs import enqueue_retention_tick
+from service.core import retention
+from service.core.jobs import enqueue_retention_tick
 from workers.context import services
 
 log = logging.getLogger("tagwarden.retention")

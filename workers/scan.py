@@ -13,10 +13,11 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from service import metrics, notify
+from service.core import notify
 from service.domain.durations import format_time
 from service.domain.errors import RegistryUnavailable
 from service.domain.policy_model import SEVERITIES
+from service.obs import metrics
 from service.registry.client import Manifest
 from service.services import Services
 from workers.context import services

@@ -1,4 +1,4 @@
-"""Domain exceptions; `service.errors.register_error_handlers` maps them to HTTP."""
+"""Domain exceptions; `service.http.errors.register_error_handlers` maps them to HTTP."""
 
 from __future__ import annotations
 

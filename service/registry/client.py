@@ -14,7 +14,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util.retry import Retry
 
 from service.domain.errors import RegistryUnavailable
-from service.logs import current_request_id
+from service.obs.logs import current_request_id
 from service.registry.limits import parse_manifest
 
 MANIFEST_TYPES = (

@@ -147,7 +147,7 @@ def test_worker_killed_mid_scan_is_retried_and_completes_once(tmp_path: Path):
 def _reconcile_here(stack: Stack) -> Services:
     """One reconciliation pass run to the end in this process (a queue of its own, which the
     stack's worker does not serve); the services it used."""
-    from service.jobs import enqueue_reconcile
+    from service.core.jobs import enqueue_reconcile
     from workers.context import services
 
     saved = dict(os.environ)

@@ -42,7 +42,7 @@ import requests
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from service.gunicorn_worker import DEFAULT_READ_DEADLINE
+from service.http.gunicorn_worker import DEFAULT_READ_DEADLINE
 from tests.faults.conftest import start_fault_stack
 from tests.helpers import procs
 from tests.integration.conftest import Stack

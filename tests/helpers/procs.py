@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from service.registry.config import render_nginx_config, render_registry_config
+from service.ops.registry_config import render_nginx_config, render_registry_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -288,7 +288,7 @@ class PeakRss:
 def redis_ha(workdir: Path, *, fsync: str = "everysec") -> tuple[Proc, Proc, list[Proc]]:
     """The `make run-ha` topology on free ports: a primary, a replica and three sentinels
     (master name `tagwarden`, quorum 2), from the same argv builders as the stack."""
-    from service.stack import redis_argv, sentinel_argv
+    from service.ops.stack import redis_argv, sentinel_argv
 
     env = dict(os.environ)
     port, replica_port = free_port(), free_port()

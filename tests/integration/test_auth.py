@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.app import create_app
 from service.config import Settings
+from service.http.app import create_app
 from tests.helpers import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push

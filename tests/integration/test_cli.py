@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import CI_SYSTEMS
+from service.ops.cli.main import CI_SYSTEMS
 from tests.helpers.procs import ADMIN_TOKEN
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.auth import BOOTSTRAP_ID
+from service.core.auth import BOOTSTRAP_ID
 from service.domain.durations import format_time
 from service.store import key
 from service.store.promotions import IDEMPOTENCY_TTL

@@ -13,8 +13,8 @@ import pytest
 import requests
 from rq import SimpleWorker
 
-from service import jobs
 from service.config import Settings
+from service.core import jobs
 from service.services import Services
 from service.store.promotions import LOCK_TIMEOUT
 from tests.helpers import procs

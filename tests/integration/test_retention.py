@@ -226,7 +226,7 @@ def test_a_real_run_deletes_real_manifests_then_gc_frees_real_bytes(rstack: Stac
                              timeout=300)
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
-        from service.gc import disk_bytes
+        from service.core.gc import disk_bytes
 
         assert result["bytes_after"] == disk_bytes(rstack.workdir / "registry" / "data")
         assert result["bytes_reclaimed"] == result["bytes_before"] - result["bytes_after"]

@@ -116,7 +116,7 @@ def test_duplicate_requests_share_one_scan_and_bad_input_fails_cleanly(stack: St
     push_layout(stack, tmp_path, image, "scanned/dup:v1.0.0")
     # on a queue no worker serves, so the first scan is certainly still queued
     from service.config import Settings
-    from service.scans import request_scan
+    from service.core.scans import request_scan
     from service.services import Services
 
     idle = Services.build(Settings.from_mapping({
@@ -194,7 +194,7 @@ def test_external_harbor_adapter_scans_beside_the_builtin_scanner(stack: Stack, 
     from rq import SimpleWorker
 
     from service.config import Settings
-    from service.scans import request_scan
+    from service.core.scans import request_scan
     from service.services import Services
     from tests.helpers.harbor_double import HarborDouble
     from workers.context import services

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.jobs import delivery_intervals
+from service.core.jobs import delivery_intervals
 from tests.helpers import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push, registry_digest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.clientaddr import client_address, forwarded_for
+from service.http.clientaddr import client_address, forwarded_for
 
 PEER = "10.0.0.9"
 

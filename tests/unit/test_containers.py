@@ -26,8 +26,8 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from rq import Queue, Worker
 
-from service import cli
-from service.registry.config import render_nginx_config, render_registry_config
+from service.ops.cli import main as cli
+from service.ops.registry_config import render_nginx_config, render_registry_config
 
 pytestmark = pytest.mark.unit
 
@@ -526,8 +526,8 @@ def test_dockerignore_keeps_local_state_and_tests_out() -> None:
                  ".pytest_cache", ".mypy_cache", ".ruff_cache", "service/__pycache__/x.pyc",
                  "tagwarden.egg-info", "deploy.env"):
         assert _ignored(path, patterns), path
-    for path in ("pyproject.toml", "README.md", "gunicorn.conf.py", "service/app.py",
-                 "service/registry/nginx.conf.tmpl", "workers/main.py"):
+    for path in ("pyproject.toml", "README.md", "gunicorn.conf.py", "service/http/app.py",
+                 "service/ops/nginx.conf.tmpl", "workers/main.py"):
         assert not _ignored(path, patterns), path
 
 

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 
-from service.app import create_app
 from service.config import Settings
+from service.http.app import create_app
 
 
 class Page(HTMLParser):

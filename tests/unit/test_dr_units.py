@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.backup import _Validator
+from service.core.backup import _Validator
+from service.core.timeline import decode_cursor, encode_cursor
 from service.domain.errors import InvalidRequest
 from service.domain.gates import PromotionContext, evaluate_hotfix
-from service.schemas.policy import load_policy
-from service.timeline import decode_cursor, encode_cursor
+from service.http.schemas.policy import load_policy
 
 NOW = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
 DIGEST = "sha256:" + "a" * 64
@@ -127,7 +127,7 @@ def test_timeline_cursors_round_trip_and_refuse_forgeries():
 def test_scheduled_backups_rotate(tmp_path, monkeypatch):
     import fakeredis
 
-    from service import backup
+    from service.core import backup
     from service.store import key
 
     client = fakeredis.FakeRedis(decode_responses=True)

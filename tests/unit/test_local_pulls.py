@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.local_pulls import byte_range
-from service.manifest_cache import CachedManifest, ManifestCache
+from service.core.manifest_cache import CachedManifest, ManifestCache
+from service.http.v2.local_pulls import byte_range
 from service.registry.storage import RegistryStorage
 
 DATA = b"layer bytes " * 1000
@@ -95,7 +95,7 @@ def test_a_linked_blob_is_answered_with_the_file_wrapper_itself(app):
 
 
 def test_a_blob_linked_in_another_repository_only_is_left_to_the_registry(app):
-    from service import local_pulls
+    from service.http.v2 import local_pulls
 
     with app.test_request_context(f"/v2/team/other/blobs/{DIGEST}"):
         from service.registry.routes import V2Route

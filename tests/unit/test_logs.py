@@ -13,9 +13,9 @@ import pytest
 from flask import Flask
 from rq import Queue, SimpleWorker
 
-from service import logs
-from service.app import create_app
 from service.config import Settings
+from service.http.app import create_app
+from service.obs import logs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,14 +100,14 @@ def test_job_meta_carries_the_request_id_and_jobs_read_it_back():
     assert logs.job_meta() == {}  # outside a request and a job
     conn = fakeredis.FakeRedis()
     queue = Queue("t", connection=conn)
-    job = queue.enqueue("service.logs.current_request_id", meta=meta)
+    job = queue.enqueue("service.obs.logs.current_request_id", meta=meta)
     SimpleWorker([queue], connection=conn).work(burst=True)
     job.refresh()
     assert job.return_value() == "req-job"
 
 
 def test_workers_importing_logs_do_not_import_flask():
-    code = "import sys, service.logs, service.jobs; print('flask' in sys.modules)"
+    code = "import sys, service.obs.logs, service.core.jobs; print('flask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -16,10 +16,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
-from service import metrics, multiproc
-from service.app import create_app
 from service.config import Settings
 from service.domain.policy_model import Decision, Violation
+from service.http.app import create_app
+from service.obs import metrics, multiproc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,9 +202,9 @@ WORKER_SCRIPT = textwrap.dedent("""
     import os
     import fakeredis
     from rq import Queue
-    from service import multiproc
+    from service.obs import multiproc
     multiproc.setup_worker()
-    from service import metrics
+    from service.obs import metrics
     for outcome in ("delivered", "failed", "delivered"):   # three jobs, one horse each
         pid = os.fork()
         if pid == 0:

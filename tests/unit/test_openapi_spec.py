@@ -11,9 +11,9 @@ import yaml
 from flask import Flask
 from openapi_spec_validator import validate
 
-from service.app import create_app, openapi_yaml
 from service.config import Settings
-from service.openapi import ERROR_RESPONSES
+from service.http.app import create_app, openapi_yaml
+from service.http.openapi import ERROR_RESPONSES
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = ROOT / "openapi.yaml"

@@ -13,7 +13,7 @@ from service.domain.policy import (
     PushRules,
     ScanGate,
 )
-from service.schemas.policy import (
+from service.http.schemas.policy import (
     PolicySchema,
     dump_policy,
     flatten_errors,

@@ -11,10 +11,10 @@ from typing import Any
 import fakeredis
 import pytest
 
-from service import scans
+from service.core import scans
+from service.core.promotions import digest_tags
 from service.domain.durations import format_time
 from service.domain.policy import DEFAULT_POLICY
-from service.promotions import digest_tags
 from service.store import key
 from service.store.bindings import TagBindings
 from service.store.environments import EnvironmentStore
@@ -179,7 +179,7 @@ def test_an_ordinary_push_and_a_foreign_environment_push_are_scanned(
 # -- the immutability check of a push: where does a tag point now? ---------------------------
 
 def test_a_new_repository_is_looked_up_once_then_the_map_answers(svc: SimpleNamespace) -> None:
-    from service.governance import current_digest
+    from service.core.governance import current_digest
 
     assert current_digest(svc, REPO, "v1.0.0") is None  # type: ignore[arg-type]
     assert svc.registry.calls == ["head v1.0.0", "list"]  # unknown repository: map complete
@@ -195,7 +195,7 @@ def test_a_repository_with_content_from_before_keeps_the_registry_asked(
     """Tags pushed before the gateway may be missing from the map: it is never vouched for
     by a push (a promotion compares it with the tag list), and the tag list is not fetched
     on every push of a new tag either."""
-    from service.governance import current_digest
+    from service.core.governance import current_digest
 
     svc.registry.tags = {"v0.1.0": B, "v0.2.0": B}
     assert current_digest(svc, REPO, "v1.0.0") is None  # type: ignore[arg-type]

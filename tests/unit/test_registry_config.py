@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from service.registry.config import REGISTRY_HEADER, render_registry_config
+from service.ops.registry_config import REGISTRY_HEADER, render_registry_config
 
 WEBHOOK_URL = "http://gateway:8080/api/v1/webhooks/registry"
 

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import retention
+from service.core import retention
 from service.domain.errors import InvalidRequest
 from service.domain.policy_model import Policy, Retention
 from service.domain.retention import RepositorySnapshot, age_text, parents_first, select
+from service.http.schemas.policy import dump_policy, load_policy
 from service.registry.client import Manifest, sha256_digest
-from service.schemas.policy import dump_policy, load_policy
 from service.store.approvals import ApprovalStore
 from service.store.bindings import TagBindings
 from service.store.events import EventStore
@@ -478,7 +478,7 @@ def test_a_digest_with_a_pending_approval_is_busy() -> None:
     """Retention never deletes what someone is approving (the approvals store's expiry)."""
     from datetime import UTC, datetime, timedelta
 
-    from service.retention import _busy
+    from service.core.retention import _busy
     from service.store.approvals import ApprovalStore
     from service.store.promotions import PromotionStore
     from service.store.scans import ScanStore

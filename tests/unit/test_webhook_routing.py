@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.webhooks import needs_processing
+from service.core.webhooks import needs_processing
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DIGEST = "sha256:" + "1" * 64

@@ -1,0 +1,1 @@
+"""The tools: the `tagwarden` CLI, the API client it uses, `make run` supervision."""

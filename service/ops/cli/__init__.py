@@ -1,0 +1,1 @@
+"""The `tagwarden` command (entry point `service.ops.cli.main:main`)."""
