@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from service.http.v2 import catalog
+from service.core import catalog
 from service.registry.routes import DIGEST_RE, UPLOAD_ID_RE
 from service.services import Services
 

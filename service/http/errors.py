@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.domain import errors as domain
 from service.http.schemas.common import flatten_errors
-from service.http.v2.proxy import registry_error
+from service.http.v2.forwarding import registry_error
 
 log = logging.getLogger("tagwarden.errors")
 
