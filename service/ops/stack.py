@@ -19,7 +19,7 @@ from pathlib import Path
 
 from service.ops.registry_config import render_registry_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (service/ops/stack.py)
 
 
 @dataclass
