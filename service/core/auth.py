@@ -113,11 +113,25 @@ def from_basic(svc: Services, header: str | None) -> Principal | None:
         return from_secret(svc, encoded.strip())
     if scheme.lower() != "basic":
         return None
+    password = basic_password(encoded)
+    return from_secret(svc, password) if password else None
+
+
+def basic_password(encoded: str) -> str | None:
+    """The password of HTTP Basic credentials (base64 `user:password`); None when they are
+    not base64 of text, "" when the client sent none (`:` or nothing after a challenge)."""
     try:
-        _, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return from_secret(svc, password)
+    return decoded.partition(":")[2]
+
+
+def holds_no_credentials(header: str | None) -> bool:
+    """No Authorization, or Basic with an empty password: what a client that holds no token
+    sends after the challenge (anonymous, not a failed login)."""
+    scheme, _, encoded = (header or "").partition(" ")
+    return not header or (scheme.lower() == "basic" and basic_password(encoded) == "")
 
 
 # -- the management API ---------------------------------------------------------------------

@@ -199,25 +199,41 @@ def manifest_refs(svc: Services, repository: str, digests: list[str]
 def registry_tags_of(svc: Services, repository: str, digest: str, policy: Policy
                      ) -> list[str]:
     """Every tag the registry would remove with a digest, as far as can be known: the tag
-    map (first brought up to date with the registry's tag list unless known complete) and
-    the immutable bindings."""
-    if not svc.tags.is_complete(repository):
-        sync_tag_map(svc, repository, policy)
-    tags = {t for t, d in svc.tags.all(repository).items() if d == digest}
+    map (compared with the registry's tag list first unless known complete) and the
+    immutable bindings."""
+    known = svc.tags.all(repository)
+    if svc.tags.is_complete(repository):
+        tags = {t for t, d in known.items() if d == digest}
+    else:
+        tags = set(registry_digest_tags(svc, repository, digest, known, policy=policy))
     return sorted(tags | set(svc.bindings.tags_of(repository, digest)))
 
 
 def sync_tag_map(svc: Services, repository: str, policy: Policy) -> None:
     """Learn the tags the map does not hold from the registry (binding immutable ones), then
     vouch for the map."""
-    mapped = svc.tags.all(repository)
-    for tag in svc.registry.list_tags(repository) or []:
-        if tag in mapped:
+    registry_digest_tags(svc, repository, "", svc.tags.all(repository), policy=policy)
+
+
+def registry_digest_tags(svc: Services, repository: str, digest: str, known: dict[str, str],
+                         skip: tuple[str, ...] = (), policy: Policy | None = None
+                         ) -> list[str]:
+    """The slow path: list the repository's tags (but `skip`), HEAD those the map does not
+    place elsewhere, learn what they point to (binding immutable ones when the `policy` is
+    given), then vouch for the map for a while; the tags pointing to `digest`."""
+    found = []
+    for tag in sorted(svc.registry.list_tags(repository) or []):
+        cached = known.get(tag)
+        if tag in skip or (cached is not None and cached != digest):
             continue
-        found = svc.registry.head_manifest(repository, tag)
-        if found:
-            svc.tags.set(repository, tag, found, bind=is_immutable(policy, tag))
+        actual = svc.registry.head_manifest(repository, tag)
+        if actual and actual != cached:
+            svc.tags.set(repository, tag, actual,
+                         bind=policy is not None and is_immutable(policy, tag))
+        if actual == digest:
+            found.append(tag)
     svc.tags.mark_complete(repository)
+    return found
 
 
 def after_manifest_put(svc: Services, repository: str, tag: str | None, digest: str,

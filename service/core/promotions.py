@@ -13,7 +13,7 @@ from typing import Any
 from redis.exceptions import LockError, RedisError
 
 from service.core import notify, referrers
-from service.core.governance import denial_message, policy_for
+from service.core.governance import denial_message, policy_for, registry_digest_tags
 from service.domain.durations import format_time
 from service.domain.errors import (
     Conflict,
@@ -107,31 +107,11 @@ def digest_tags(svc: Services, repository: str, digest: str, environments: tuple
     if inputs.tags_complete:
         found = {t for t, d in inputs.tags.items() if d == digest and t not in environments}
     else:
-        found = set(_registry_digest_tags(svc, repository, digest, environments, inputs.tags))
+        found = set(registry_digest_tags(svc, repository, digest, inputs.tags,
+                                         skip=environments))
     if source_tag is not None and source_tag not in environments:
         found.add(source_tag)
     return sorted(found)
-
-
-def _registry_digest_tags(svc: Services, repository: str, digest: str,
-                          environments: tuple[str, ...], known: dict[str, str]) -> list[str]:
-    """The slow path: list the repository's tags, HEAD those the map does not place elsewhere,
-    learn what they point to, then vouch for the map for a while."""
-    tags = svc.registry.list_tags(repository) or []
-    found = []
-    for tag in sorted(tags):
-        if tag in environments:
-            continue
-        cached = known.get(tag)
-        if cached is not None and cached != digest:
-            continue
-        actual = svc.registry.head_manifest(repository, tag)
-        if actual and actual != cached:
-            svc.tags.set(repository, tag, actual)
-        if actual == digest:
-            found.append(tag)
-    svc.tags.mark_complete(repository)
-    return found
 
 
 def scan_summary(svc: Services, inputs: GateInputs) -> dict[str, Any] | None:
@@ -387,10 +367,21 @@ def _promote(svc: Services, req: dict[str, Any], actor: str | None,
                      list(ctx.digest_tags), actor, req.get("reason"), policy.name)
     counted = approval_tally(policy.gate(environment), ctx)
     record["approvals"] = counted.ids if counted is not None else []
-    if req.get("dry_run") or not decision.allowed:  # a preview shows what it would replace
-        record["previous_digest"] = svc.environments.digests(repository).get(environment)
+    return _decide_and_move(svc, req, record, decision, manifest, idem, "promotion.succeeded")
+
+
+def _decide_and_move(svc: Services, req: dict[str, Any], record: dict[str, Any],
+                     decision: Decision, manifest: Manifest, idem: dict[str, str] | None,
+                     event: str, preview: dict[str, Any] | None = None
+                     ) -> tuple[int, dict[str, Any]]:
+    """The end every promotion kind shares: a dry run previews (what it would replace), a
+    denial is notified and raised, an allowed move is made and notified as `event`."""
+    if req.get("dry_run") or not decision.allowed:
+        record["previous_digest"] = svc.environments.digests(record["repository"]).get(
+            record["environment"])
     if req.get("dry_run"):
-        return 200, {**record, "id": None, "dry_run": True, **decision.to_dict()}
+        return 200, {**record, "id": None, "dry_run": True, **decision.to_dict(),
+                     **(preview or {})}
     metrics.decision("promote", decision)
     if not decision.allowed:
         notify.emit(svc, "promotion.denied", {**record, "violations": decision.to_dict()[
@@ -398,7 +389,7 @@ def _promote(svc: Services, req: dict[str, Any], actor: str | None,
         raise PolicyDenied(denial_message(decision), decision)
     record["idempotency_key"] = client_key(idem)
     done = move(svc, record, manifest, req.get("expected_digest"), idem)
-    notify.emit(svc, "promotion.succeeded", done)
+    notify.emit(svc, event, done)
     return 201, done
 
 
@@ -420,19 +411,11 @@ def _hotfix(svc: Services, req: dict[str, Any], actor: str | None,
                      list(ctx.digest_tags), actor, req.get("reason"), policy.name)
     record["approvals"] = found.approvals.ids
     record["bypassed"] = [v.rule for v in found.bypassed]
-    if req.get("dry_run") or not decision.allowed:
-        record["previous_digest"] = svc.environments.digests(repository).get(environment)
-    if req.get("dry_run"):
-        return 200, {**record, "id": None, "dry_run": True, **decision.to_dict(),
-                     "bypassed_violations": [v.to_dict() for v in found.bypassed]}
-    metrics.decision("promote", decision)
-    if not decision.allowed:
-        notify.emit(svc, "promotion.denied", {**record, "violations": decision.to_dict()[
-            "violations"]})
-        raise PolicyDenied(denial_message(decision), decision)
-    record["idempotency_key"] = client_key(idem)
-    done = move(svc, record, manifest, req.get("expected_digest"), idem)
-    notify.emit(svc, "hotfix.succeeded", done)
+    status, done = _decide_and_move(
+        svc, req, record, decision, manifest, idem, "hotfix.succeeded",
+        {"bypassed_violations": [v.to_dict() for v in found.bypassed]})
+    if status != 201:
+        return status, done
     log.warning("hotfix %s of %s into %s by %s bypassed %s: %s", done["id"], repository,
                 environment, actor, record["bypassed"] or "nothing", req.get("reason"))
     return 201, done

@@ -182,7 +182,7 @@ def _url_origin(url: str) -> str:
 def _v2_principal(svc: Services, header: str | None) -> auth.Principal | None:
     """The /v2 caller: None when anonymous (no credentials, or the empty Basic ones clients
     send after a challenge when they hold none), Unauthorized when credentials are wrong."""
-    if header and header.strip().lower() in ("basic", "basic og=="):  # "" and ":"
+    if auth.holds_no_credentials(header):
         return None
     principal = auth.from_basic(svc, header)
     if principal is None and header:

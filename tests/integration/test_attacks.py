@@ -290,9 +290,25 @@ def test_only_an_admin_releases_a_binding_with_a_reason(stack: Stack, world: dic
     assert no_reason.status_code == 422 and "reason" in no_reason.json()["errors"]
     assert stack.admin().delete(url, params={**query, "tag": "v9.9.9"},
                                 json={"reason": "x"}, timeout=10).status_code == 404
+    other_admin = token(stack, "team-b-admin", "admin", repositories=["team-b/*"])
+    other_reader = token(stack, "team-b-reader", "reader", repositories=["team-b/*"])
+    assert requests.delete(url, params=query, json={"reason": "not mine"}, timeout=10,
+                           headers={"Authorization": f"Bearer {other_admin}"}
+                           ).status_code == 403  # another team's admin
+    assert requests.get(url, params={"repository": "team-a/rel2"}, timeout=10,
+                        headers={"Authorization": f"Bearer {other_reader}"}
+                        ).status_code == 403
+    forged = stack.admin().delete(url, params=query, json={"reason": "x", "digest": "sha256:"
+                                                           + "0" * 64}, timeout=10)
+    assert forged.status_code == 422 and "digest" in forged.json()["errors"]
+    huge = stack.admin().delete(url, params=query, json={"reason": "x" * 501}, timeout=10)
+    assert huge.status_code == 422 and "reason" in huge.json()["errors"]
     released = stack.admin().delete(url, params=query, json={"reason": "bad build"},
                                     timeout=10)
     assert released.status_code == 200, released.text
+    replayed = stack.admin().delete(url, params=query, json={"reason": "bad build"},
+                                    timeout=10)
+    assert replayed.status_code == 404  # released once; a replay changes nothing
     assert released.json()["digest"] == first
     audit = stack.admin().get(f"{stack.gw_url}/api/v1/audit", timeout=10,
                               params={"action": "tag_binding.release"}).json()["items"]
