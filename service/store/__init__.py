@@ -62,7 +62,7 @@ class Breaker:
             self.open_since = time.monotonic()
             log.warning("redis unreachable (%s): failing fast until it answers",
                         type(exc).__name__)
-            if self.probe is not None and (self._thread is None or not self._thread.is_alive()):
+            if self.probe is not None and self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="redis-breaker",
                                                 daemon=True)
                 self._thread.start()
@@ -82,8 +82,15 @@ class Breaker:
                 log.exception("catch-up after a Redis outage failed")
 
     def _run(self) -> None:
+        """Probe until Redis answers. The prober leaves under the lock, so a trip racing its
+        exit either keeps it running or starts a new one (never a breaker left open with no
+        prober, which would refuse every call of this process until a restart)."""
         assert self.probe is not None
-        while self.open_since is not None:
+        while True:
+            with self._lock:
+                if self.open_since is None:
+                    self._thread = None
+                    return
             time.sleep(PROBE_INTERVAL)
             try:
                 if self.probe.ping():
