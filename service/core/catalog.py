@@ -41,8 +41,8 @@ def scan(client: RegistryClient, last: str, wanted: int, keep: Callable[[str], b
     cursor: str | None = last
     for _ in range(MAX_UPSTREAM_PAGES):
         query = urlencode({"n": UPSTREAM_N, **({"last": cursor} if cursor else {})})
-        upstream = client.request("GET", f"/v2/_catalog?{query}",
-                                  headers={"Accept": "application/json"}, stream=False)
+        upstream = client.read("GET", f"/v2/_catalog?{query}",
+                               headers={"Accept": "application/json"})
         try:
             repositories = [r for r in json.loads(upstream.data).get("repositories") or []
                             if isinstance(r, str)] if upstream.status == 200 else None

@@ -127,7 +127,7 @@ def mount_source(svc: Services, repository: str, digest: str, principal: Any) ->
     candidates = catalog.scan(svc.registry, "", MOUNT_CANDIDATES,
                               lambda r: r != repository and principal.covers(r))
     for candidate in candidates:
-        found = svc.registry.request("HEAD", f"/v2/{candidate}/blobs/{digest}", stream=False)
+        found = svc.registry.read("HEAD", f"/v2/{candidate}/blobs/{digest}")
         if found.status == 200:
             return candidate
     return None

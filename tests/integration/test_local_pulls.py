@@ -6,6 +6,7 @@ event recorded for each as the registry would have."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -244,3 +245,60 @@ def test_pulls_answered_by_the_gateway_are_recorded_once_each(stack: Stack, worl
     assert {(e["tag"], e["media_type"], e["actor"].startswith("local-ci")) for e in newest} == {
         ("v1.0.0", oci.OCI_MANIFEST, True)}
     assert (blobs[0]["media_type"], blobs[0]["tag"]) == ("application/octet-stream", None)
+
+
+def test_pulls_never_see_the_registrys_link_rewrites(stack: Stack, world: dict):
+    """distribution's filesystem driver rewrites link files in place (truncate, write): while
+    anything re-puts a manifest or re-uploads a blob, a read of the same digest can find the
+    link empty, and the registry answers 500 "invalid checksum digest format" (every
+    promotion re-puts its manifest). Pulls through the gateway never show it: an empty link
+    sends the gateway to the registry, and a read the registry answers 500 is asked again.
+    The writers here go to the registry directly, as fast as it takes them; a direct reader
+    in the same loop proves the race was live."""
+    admin, repo, digest = world["admin"], world["repo"], world["digest"]
+    manifest = admin.call("GET", f"/v2/{repo}/manifests/{digest}", headers={"Accept": ACCEPT})
+    layer = world["blobs"][1]
+    layer_bytes = admin.call("GET", f"/v2/{repo}/blobs/{layer}").content
+    stop = time.monotonic() + 8
+    failures: list[tuple[str, int]] = []
+    counts = {"gateway": 0, "direct 500": 0}
+
+    def rewrite() -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            session.put(f"{stack.reg_url}/v2/{repo}/manifests/race-{uuid.uuid4().hex[:6]}",
+                        data=manifest.content, timeout=20,
+                        headers={"Content-Type": oci.OCI_MANIFEST})
+            start = session.post(f"{stack.reg_url}/v2/{repo}/blobs/uploads/", timeout=20)
+            loc = start.headers["Location"]
+            loc = loc if loc.startswith("http") else stack.reg_url + loc
+            session.put(f"{loc}{'&' if '?' in loc else '?'}digest={layer}", data=layer_bytes,
+                        timeout=20, headers={"Content-Type": "application/octet-stream"})
+
+    def pull() -> None:
+        client = Client(stack, procs.ADMIN_TOKEN)
+        while time.monotonic() < stop:
+            for method, path in (("GET", f"/v2/{repo}/manifests/v1.0.0"),
+                                 ("HEAD", f"/v2/{repo}/manifests/v1.0.0"),
+                                 ("GET", f"/v2/{repo}/manifests/{digest}"),
+                                 ("GET", f"/v2/{repo}/blobs/{layer}")):
+                got = client.call(method, path, headers={"Accept": ACCEPT})
+                counts["gateway"] += 1
+                if got.status_code != 200:
+                    failures.append((f"{method} {path}", got.status_code))
+
+    def direct() -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            got = session.get(f"{stack.reg_url}/v2/{repo}/manifests/v1.0.0",
+                              headers={"Accept": ACCEPT}, timeout=20)
+            counts["direct 500"] += got.status_code == 500
+
+    threads = [threading.Thread(target=t) for t in (rewrite, rewrite, pull, pull, pull, direct)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts["direct 500"] > 0, "the registry never raced: the test proves nothing"
+    assert counts["gateway"] > 100
+    assert failures == [], failures[:10]

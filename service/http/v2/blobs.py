@@ -40,8 +40,7 @@ def accel_blob(route: V2Route) -> Response:
     else:
         headers = {k: v for k, v in upstream_headers(public_origin()).items()
                    if k.lower() not in ("range", "if-range")}  # nginx applies the Range
-        upstream = registry_client().request("HEAD", "/v2/" + route.path, headers=headers,
-                                     stream=False)
+        upstream = registry_client().read("HEAD", "/v2/" + route.path, headers=headers)
         if upstream.status != 200:
             return forward(route)
     hex_digest = digest.partition(":")[2]

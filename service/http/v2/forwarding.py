@@ -231,10 +231,15 @@ def send(route: V2Route, state: str | None = None, mount_from: str | None = None
     if body is not None:  # never a form: distribution would read parameters out of it
         headers["Content-Type"] = "application/octet-stream"
         body = CountingReader(body)
-    upstream = registry_client().request(
-        request.method, upstream_target(route, state, mount_from), headers=headers, body=body,
-        chunked=chunked
-    )
+    if request.method in ("GET", "HEAD") and body is None:
+        upstream = registry_client().read(request.method, upstream_target(route, state,
+                                                                          mount_from),
+                                          headers=headers, stream=True)
+    else:
+        upstream = registry_client().request(
+            request.method, upstream_target(route, state, mount_from), headers=headers,
+            body=body, chunked=chunked
+        )
     if route.kind == "upload" and "mount" in request.args:
         governance.record_mount(current_services(), route.name,
                                 mount_from or request.args.get("from"),

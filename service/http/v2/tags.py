@@ -28,8 +28,8 @@ def tags_list(name: str) -> Response:
                 {"n": raw_n},
             )
         n = int(raw_n[:12])  # more than any repository holds; int() of 5,000 digits raises
-    upstream = registry_client().request(
-        "GET", f"/v2/{name}/tags/list", headers=upstream_headers(public_origin()), stream=False
+    upstream = registry_client().read(
+        "GET", f"/v2/{name}/tags/list", headers=upstream_headers(public_origin())
     )
     if upstream.status != 200:
         return relay_buffered(upstream)
