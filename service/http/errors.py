@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from service.domain import errors as domain
 from service.http.schemas.common import flatten_errors
 from service.http.v2.forwarding import registry_error
+from service.store import NotReplicated
 
 log = logging.getLogger("tagwarden.errors")
 
@@ -152,6 +153,9 @@ def handle_redis(exc: redis.RedisError) -> Response:
     """Redis down or timing out: a quick 503, without internals."""
     log.warning("redis error: %s", type(exc).__name__)
     message = "state store (Redis) unavailable"
+    if isinstance(exc, NotReplicated):  # its text says how many replicas answered
+        message = (f"the state store's replicas did not acknowledge the write in time ({exc}); "
+                   "nothing was changed")
     if _is_registry_path():
         return registry_error(503, "UNAVAILABLE", message)
     return api_error(503, "store_unavailable", message)

@@ -43,7 +43,8 @@ class WebhookFastPath:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+        if (environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST"
+                or self.svc.settings.redis_min_replicas):  # Flask's route waits for replicas
             return self.app(environ, start_response)
         started = time.perf_counter()
         length = environ.get("CONTENT_LENGTH") or ""

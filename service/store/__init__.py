@@ -194,6 +194,17 @@ def check_replicated(acknowledged: int, replicas: int) -> None:
         raise NotReplicated(f"{acknowledged} of {replicas} Redis replicas acknowledged")
 
 
+def replicated(client: redis.Redis, replicas: int, timeout_ms: int) -> None:
+    """Every write this process made before the call is on `replicas` replicas, else
+    NotReplicated. Replication is one ordered stream, so a barrier write acknowledged by
+    `replicas` replicas (WAIT on its own connection) proves every write answered before it,
+    whichever pooled connection carried them."""
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(key("durability", "barrier"))
+    durable(pipe, replicas, timeout_ms)
+    check_replicated(pipe.execute()[-1], replicas)
+
+
 def key(*parts: str) -> str:
     """Build a namespaced key; only modules of service.store call this."""
     return PREFIX + ":".join(parts)

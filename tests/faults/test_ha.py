@@ -16,7 +16,7 @@ import requests
 
 from service.store.tokens import ROSTER_REFRESH
 from tests.faults.conftest import report, start_fault_stack
-from tests.faults.test_faults import _history, _pointer, _policy, _push, _registry_tag
+from tests.faults.test_faults import NO_GATES, _history, _pointer, _policy, _push, _registry_tag
 from tests.helpers import oci, procs
 from tests.integration.conftest import TEST_ENV, Stack
 from tests.integration.test_webhooks import wait_for
@@ -184,6 +184,9 @@ def _ha_stack(workdir: Path) -> tuple[Stack, procs.Proc, list[procs.Proc]]:
     gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
     stack = Stack(primary, registry, gateway, workdir, env)
     stack.worker = procs.worker_process(workdir / "worker", env)
+    # acknowledged writes need the replica: it has synced before the scenario starts
+    wait_for(lambda: redis.Redis(port=replica.port, decode_responses=True).info(
+        "replication").get("master_link_status") == "up", timeout=30, interval=0.2)
     return stack, replica, sentinels
 
 
@@ -287,6 +290,72 @@ def test_primary_killed_during_promotions_fails_over(tmp_path: Path):
                recorded=len(recorded), lost=0, failover_s=round(failed_over, 1),
                writes_unavailable_s=round(unavailable, 1), pulls=pulls[0], pull_failures=0,
                old_primary="replica")
+    finally:
+        stack.stop()
+        replica.stop()
+        for sentinel in sentinels:
+            sentinel.stop()
+
+
+def test_acknowledged_writes_wait_for_a_replica(tmp_path: Path):
+    """With TAGWARDEN_REDIS_MIN_REPLICAS=1 every acknowledged write, not only promotions,
+    is on a replica before it is answered: with the replica frozen a token, a policy, a
+    manifest push and a promotion are each refused 503 saying why (reads still work); with
+    it back they succeed, and a token acknowledged just before the primary is SIGKILLed is
+    still there after the failover."""
+    stack, replica, sentinels = _ha_stack(tmp_path)
+    ci_creds = ("ci", procs.ADMIN_TOKEN)
+    try:
+        _policy(stack)
+        repo = "ha/durable"
+        image = oci.simple_image("durable")
+        _push(stack, tmp_path, image, f"{repo}:v1.0.0")
+        admin = stack.admin()
+        manifest_put = (f"{stack.gw_url}/v2/{repo}/manifests/v1.0.1",
+                        {"Content-Type": oci.OCI_MANIFEST})
+        writes = {
+            "token": lambda: admin.post(f"{stack.gw_url}/api/v1/tokens", timeout=30, json={
+                "name": f"durable-{uuid.uuid4().hex[:6]}", "role": "reader"}),
+            "policy": lambda: admin.put(f"{stack.gw_url}/api/v1/policies/durable", timeout=30,
+                                        json={**NO_GATES, "name": "durable",
+                                              "repositories": ["ha/x/*"]}),
+            "manifest push": lambda: requests.put(manifest_put[0], data=image.manifest_bytes(),
+                                                  headers=manifest_put[1], auth=ci_creds,
+                                                  timeout=30),
+            "promotion": lambda: admin.post(f"{stack.gw_url}/api/v1/promotions", timeout=30,
+                                            json={"repository": repo, "environment": "develop",
+                                                  "digest": image.digest}),
+        }
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            refused = {}
+            for name, write in writes.items():
+                sent = time.monotonic()
+                resp = write()
+                refused[name] = (resp.status_code, round(time.monotonic() - sent, 2))
+                assert resp.status_code == 503, (name, resp.status_code, resp.text)
+                assert "replica" in resp.text, (name, resp.text)
+            assert admin.get(f"{stack.gw_url}/api/v1/tokens", timeout=10).status_code == 200
+            assert requests.get(f"{stack.gw_url}/v2/{repo}/manifests/v1.0.0", auth=ci_creds,
+                                headers={"Accept": ACCEPT}, timeout=10).status_code == 200
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        for name, write in writes.items():
+            resp = wait_for(lambda w=write: (r := w()).status_code in (200, 201) and r,
+                            timeout=20, interval=0.5)
+            assert resp, name
+        last = admin.post(f"{stack.gw_url}/api/v1/tokens", timeout=30, json={
+            "name": "durable-last", "role": "reader"})
+        assert last.status_code == 201, last.text
+        old_port = stack.redis.port
+        stack.redis.kill()
+        wait_for(lambda: _master(sentinels) not in (None, old_port), timeout=30, interval=0.2)
+        names = wait_for(lambda: (r := admin.get(f"{stack.gw_url}/api/v1/tokens", timeout=10)
+                                  ).status_code == 200 and [t["name"] for t in r.json()["items"]],
+                         timeout=30, interval=0.5)
+        assert names and "durable-last" in names, names
+        report("acknowledged writes with a frozen replica (TAGWARDEN_REDIS_MIN_REPLICAS=1)",
+               refused=refused, after_failover="token acknowledged before SIGKILL present")
     finally:
         stack.stop()
         replica.stop()

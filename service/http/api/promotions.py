@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from service.core import history, promotions
 from service.domain.errors import InvalidRequest, NotFound
 from service.http.api import check_visible, listing_scope, svc
+from service.http.durability import commits_durably
 from service.http.schemas.promotions import (
     EnvironmentsQueryArgsSchema,
     EnvironmentsSchema,
@@ -41,6 +42,7 @@ def idempotency_key() -> str | None:
 
 
 @blp.route("/promotions", methods=["POST"])
+@commits_durably
 @blp.arguments(PromotionRequestSchema)
 @blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
 @blp.alt_response(200, schema=PromotionSchema, description="dry run: nothing changed")
@@ -81,6 +83,7 @@ def get_promotion(promotion_id: str) -> dict[str, Any]:
 
 
 @blp.route("/rollbacks", methods=["POST"])
+@commits_durably
 @blp.arguments(RollbackRequestSchema)
 @blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
 def create_rollback(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:

@@ -1,0 +1,73 @@
+"""Acknowledged writes survive a failover: with TAGWARDEN_REDIS_MIN_REPLICAS, a request that
+changed governed state is answered 2xx only once that many replicas hold every write it made.
+
+Promotions, rollbacks and hotfixes wait inside their own commit (service.core.promotions,
+with intents and settling); every other write — tokens, policies, bindings, approvals,
+verifications, retention, subscriptions, backups restored, vulnerability imports, registry
+events acknowledged to the registry, and /v2 manifest PUTs and deletes (tag map, bindings) —
+is covered here, after the view, by one barrier write and WAIT (service.store.replicated).
+When the replicas do not acknowledge in time, the answer is 503 and says what happened: the
+write is complete on the primary (every write is atomic there: nothing is half-done) but may
+be lost if the primary fails before its replicas catch up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+from redis.exceptions import RedisError
+
+from service.domain.errors import StoreUnavailable
+from service.http.errors import handle_domain
+from service.services import Services
+from service.store import NotReplicated, replicated
+
+OWN_COMMIT = "_tagwarden_durable_commit"
+READS = frozenset(("GET", "HEAD", "OPTIONS"))
+# /v2 writes that change governed state (blob uploads only hold a resumable session)
+V2_GOVERNED = frozenset((("manifest", "PUT"), ("manifest", "DELETE"), ("blob", "DELETE")))
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def commits_durably(view: F) -> F:
+    """Mark a view whose use case waits for its replicas itself (a second barrier after it
+    could only turn a durable 201 into a misleading 503)."""
+    setattr(view, OWN_COMMIT, True)
+    return view
+
+
+def _needs_barrier() -> bool:
+    if request.method in READS:
+        return False
+    route = g.get("v2_route")
+    if route is not None:
+        return (route.kind, request.method) in V2_GOVERNED
+    view = current_app.view_functions.get(request.endpoint or "")
+    return view is not None and not getattr(view, OWN_COMMIT, False)
+
+
+def install(app: Flask, svc: Services) -> None:
+    """Wait for the replicas after every successful governed write (when configured)."""
+    replicas = svc.settings.redis_min_replicas
+    if not replicas:
+        return
+    timeout_ms = svc.promotions.wait_ms
+
+    @app.after_request
+    def _barrier(resp: Response) -> Response:
+        if not 200 <= resp.status_code < 300 or not _needs_barrier():
+            return resp
+        try:
+            replicated(svc.redis, replicas, timeout_ms)
+        except NotReplicated as exc:
+            return handle_domain(StoreUnavailable(
+                f"the write was applied but {exc}; it may be lost if the Redis primary fails "
+                "before its replicas catch up: check its result before retrying"))
+        except RedisError:
+            return handle_domain(StoreUnavailable(
+                "the write was applied but the state store failed before its replicas "
+                "acknowledged it: check its result before retrying"))
+        return resp
