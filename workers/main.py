@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from redis.exceptions import RedisError
 from rq import Queue, Worker
@@ -13,6 +14,9 @@ from service.core.jobs import enqueue_backup, enqueue_reconcile, enqueue_retenti
 from service.obs import multiproc
 from service.obs.logs import setup_logging
 from service.store import connect
+
+RESTART_PAUSE = 1.0  # seconds between a worker lost to Redis and the next one
+SCHEDULER_RELEASE_WAIT = 60.0  # how long to wait for Redis to release a lost scheduler's lock
 
 
 def load_vulndb() -> None:
@@ -63,10 +67,6 @@ def run_worker(burst: bool = False) -> bool:
     # queue for worker_ttl - 15 s between maintenance checks (RQ's default ttl: 405 s), so
     # the ttl is tied to the maintenance interval; the same check restarts the scheduler
     # (retries, periodic reconciliation) when the worker that ran it died.
-    worker = Worker([queue], connection=connection,
-                    maintenance_interval=settings.worker_maintenance_interval,
-                    job_monitoring_interval=settings.job_monitoring_interval,
-                    worker_ttl=settings.worker_maintenance_interval + 15)
     log = logging.getLogger("tagwarden.worker")
     preload()
     try:
@@ -77,4 +77,49 @@ def run_worker(burst: bool = False) -> bool:
         load_vulndb()
     except RedisError:
         log.warning("redis not reachable at start")
-    return worker.work(burst=burst, with_scheduler=True)
+    while True:
+        worker = None
+        try:
+            worker = Worker([queue], connection=connection,
+                            maintenance_interval=settings.worker_maintenance_interval,
+                            job_monitoring_interval=settings.job_monitoring_interval,
+                            worker_ttl=settings.worker_maintenance_interval + 15)
+            worked = worker.work(burst=burst, with_scheduler=True)
+        except RedisError as exc:  # Redis away at the start, or in RQ's own teardown
+            log.warning("worker ended on a Redis error (%s)", type(exc).__name__)
+            worked = False
+        if burst or (worker is not None and worker._stop_requested):
+            return worked
+        # RQ gives up on any error while a job runs (a failover drops the connection
+        # under the heartbeat): take a new worker in this process; the job it was running
+        # is found abandoned and retried by the maintenance of whichever worker comes next
+        log.warning("worker stopped on a lost Redis connection; starting a new one")
+        time.sleep(RESTART_PAUSE)
+        if worker is not None:
+            release_scheduler_lock(worker, log)
+
+
+def release_scheduler_lock(worker: Worker, log: logging.Logger) -> None:
+    """Give up the scheduler lock a worker lost to Redis still holds (it was replicated to
+    the new primary): left alone, no scheduler — delivery retries, timed reconciliation,
+    retention ticks — runs until it expires a minute later. Waits for Redis to answer (a
+    failover takes seconds); the lock script only deletes a lock this worker owns."""
+    scheduler = worker.scheduler
+    if scheduler is None or not scheduler.acquired_locks:
+        return
+    try:
+        worker.stop_scheduler()
+    except Exception:  # noqa: BLE001 - its process is gone or going; the lock is what matters
+        pass
+    deadline = time.monotonic() + SCHEDULER_RELEASE_WAIT
+    while True:
+        try:
+            scheduler.release_locks()
+            log.info("released the scheduler lock of the lost worker %s", worker.name)
+            return
+        except RedisError:
+            if time.monotonic() > deadline:
+                log.warning("could not release the lost worker's scheduler lock: it expires "
+                            "by itself")
+                return
+            time.sleep(RESTART_PAUSE)

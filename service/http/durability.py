@@ -5,10 +5,12 @@ Promotions, rollbacks and hotfixes wait inside their own commit (service.core.pr
 with intents and settling); every other write — tokens, policies, bindings, approvals,
 verifications, retention, subscriptions, backups restored, vulnerability imports, registry
 events acknowledged to the registry, and /v2 manifest PUTs and deletes (tag map, bindings) —
-is covered here, after the view, by one barrier write and WAIT (service.store.replicated).
-When the replicas do not acknowledge in time, the answer is 503 and says what happened: the
-write is complete on the primary (every write is atomic there: nothing is half-done) but may
-be lost if the primary fails before its replicas catch up.
+is covered here: before the view, the primary must be streaming to enough replicas in sync
+(else 503 and nothing is written); after it, one barrier write and WAIT
+(service.store.replicated) proves the replicas hold the request's writes. Only a replica lost
+between the two leaves a 503 whose write is complete on the primary (every write is atomic
+there: nothing is half-done), and the answer says so: it may be lost if the primary fails
+before its replicas catch up.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from redis.exceptions import RedisError
 from service.domain.errors import StoreUnavailable
 from service.http.errors import handle_domain
 from service.services import Services
-from service.store import NotReplicated, replicated
+from service.store import NotReplicated, replicas_online, replicated
 
 OWN_COMMIT = "_tagwarden_durable_commit"
 READS = frozenset(("GET", "HEAD", "OPTIONS"))
@@ -55,6 +57,20 @@ def install(app: Flask, svc: Services) -> None:
     if not replicas:
         return
     timeout_ms = svc.promotions.wait_ms
+
+    @app.before_request
+    def _replicas_first() -> Response | None:
+        if not _needs_barrier():
+            return None
+        try:
+            online = replicas_online(svc.redis)
+        except RedisError:
+            return None  # the write itself meets the outage and is answered as usual
+        if online >= replicas:
+            return None
+        return handle_domain(StoreUnavailable(
+            f"{online} of {replicas} Redis replicas are in sync: the write was refused "
+            "before anything was written; retry when they are back"))
 
     @app.after_request
     def _barrier(resp: Response) -> Response:

@@ -194,6 +194,16 @@ def check_replicated(acknowledged: int, replicas: int) -> None:
         raise NotReplicated(f"{acknowledged} of {replicas} Redis replicas acknowledged")
 
 
+def replicas_online(client: redis.Redis, max_lag: int = 1) -> int:
+    """How many replicas the primary streams to now (online, acknowledged within `max_lag`
+    seconds): asked before a governed write, so that a write that could not be acknowledged
+    is refused before anything is written."""
+    info = client.info("replication")
+    return sum(1 for name, value in info.items()
+               if name.startswith("slave") and isinstance(value, dict)
+               and value.get("state") == "online" and int(value.get("lag", max_lag + 1)) <= max_lag)
+
+
 def replicated(client: redis.Redis, replicas: int, timeout_ms: int) -> None:
     """Every write this process made before the call is on `replicas` replicas, else
     NotReplicated. Replication is one ordered stream, so a barrier write acknowledged by

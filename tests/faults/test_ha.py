@@ -19,7 +19,7 @@ from tests.faults.conftest import report, start_fault_stack
 from tests.faults.test_faults import NO_GATES, _history, _pointer, _policy, _push, _registry_tag
 from tests.helpers import oci, procs
 from tests.integration.conftest import TEST_ENV, Stack
-from tests.integration.test_webhooks import wait_for
+from tests.integration.test_webhooks import Receiver, wait_for
 
 # the gateway's deadline for one Redis command (TAGWARDEN_REDIS_TIMEOUT) in these scenarios
 REDIS_TIMEOUT = 0.5
@@ -354,8 +354,33 @@ def test_acknowledged_writes_wait_for_a_replica(tmp_path: Path):
                                   ).status_code == 200 and [t["name"] for t in r.json()["items"]],
                          timeout=30, interval=0.5)
         assert names and "durable-last" in names, names
+        # the worker and its RQ scheduler followed the failover: a delivery job runs, its
+        # first attempt fails, and the retry arrives (a retry with a backoff waits in RQ's
+        # ScheduledJobRegistry: only a running scheduler queues it; the lost worker's lock
+        # left alone would hold every scheduler off for a minute)
+        # (writes wait for the old primary to come back as the new primary's replica)
+        stack.redis.start()
+        receiver = Receiver(500)
+        try:
+            assert wait_for(lambda: admin.post(
+                f"{stack.gw_url}/api/v1/subscriptions", timeout=10, json={
+                    "url": receiver.url, "events": ["promotion.succeeded"], "secret": "x" * 20,
+                    "repositories": [repo]}).status_code == 201, timeout=60, interval=0.5)
+            promoted = admin.post(f"{stack.gw_url}/api/v1/promotions", timeout=30, json={
+                "repository": repo, "environment": "staging", "digest": image.digest})
+            assert promoted.status_code == 201, promoted.text
+            wait_for(lambda: receiver.arrivals, timeout=30, interval=0.2)
+            receiver.status = 200
+            wait_for(lambda: len(receiver.arrivals) >= 2, timeout=60, interval=0.2)
+            retried_after = round(receiver.arrivals[1] - receiver.arrivals[0], 1)
+            ids = [headers.get("X-Tagwarden-Delivery") for headers, _ in receiver.requests]
+            assert len(set(ids[:2])) == 1, (ids, retried_after)  # one delivery, retried
+        finally:
+            receiver.close()
+        assert stack.worker is not None and stack.worker.proc.poll() is None  # not restarted
         report("acknowledged writes with a frozen replica (TAGWARDEN_REDIS_MIN_REPLICAS=1)",
-               refused=refused, after_failover="token acknowledged before SIGKILL present")
+               refused=refused, after_failover="token acknowledged before SIGKILL present",
+               scheduled_retry_after_failover_s=retried_after)
     finally:
         stack.stop()
         replica.stop()
