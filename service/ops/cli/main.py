@@ -12,6 +12,7 @@ from service.ops.cli.common import CI_SYSTEMS, CONTEXT, describe
 from service.ops.cli.dr import backup, restore, timeline
 from service.ops.cli.evidence import approve, verify
 from service.ops.cli.gc import gc
+from service.ops.cli.health import healthcheck
 from service.ops.cli.history import history, status
 from service.ops.cli.promote import promote, rollback
 from service.ops.cli.render import nginx_config, openapi, registry_config
@@ -42,7 +43,7 @@ def cli() -> None:
     """The `tagwarden` command: dev stack, worker, registry config and CI subcommands."""
 
 
-for command in (dev, worker, registry_config, nginx_config, promote, rollback,
+for command in (dev, worker, healthcheck, registry_config, nginx_config, promote, rollback,
                 history, status, vulndb, scan, openapi, approve, verify, backup, restore,
                 timeline, gc):
     cli.add_command(command)
