@@ -83,10 +83,11 @@ USER 10001:10001
 
 EXPOSE 8080
 
-# Liveness of the gateway (python's urllib: there is no curl in the slim image). The worker
-# and the one-shot registry-config service override this in docker-compose.yml.
+# Liveness of the gateway: `tagwarden healthcheck` asks /healthz on the port of
+# TAGWARDEN_BIND (exit 0/1, one line, 4 s timeout). The worker runs `tagwarden healthcheck
+# --worker` instead and the one-shot registry-config service disables it (docker-compose.yml).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('TAGWARDEN_BIND', '0.0.0.0:8080').rpartition(':')[2]; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["tagwarden", "healthcheck"]
 
 # CMD (not ENTRYPOINT) so `command: ["tagwarden", "worker"]` in compose replaces it cleanly.
 CMD ["gunicorn", "-c", "/app/gunicorn.conf.py", "service:create_app()"]

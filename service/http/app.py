@@ -15,10 +15,11 @@ from service.domain.errors import InvalidRequest
 from service.http import durability, openapi, security
 from service.http.errors import register_error_handlers
 from service.http.health import bp as health_bp
+from service.http.request_log import configure as configure_request_log
 from service.http.schemas.policy import load_policy_file
 from service.http.v2 import proxy
 from service.http.webhook_fastpath import WebhookFastPath
-from service.obs import logs, metrics
+from service.obs import metrics
 from service.services import Services
 
 log = logging.getLogger("tagwarden.app")
@@ -100,7 +101,7 @@ def create_app(config: Any = None) -> Flask:
     app = Flask(__name__)
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = None  # /v2 bodies are streamed; API limits per route
-    logs.configure(app, settings.log_format, settings.trust_forwarded)
+    configure_request_log(app, settings.log_format, settings.trust_forwarded)
     svc = Services.build(settings)
     app.extensions["tagwarden"] = svc
     if settings.auth_stale_ttl:

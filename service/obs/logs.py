@@ -1,20 +1,18 @@
-"""Structured request logs and request ids (in the gateway, and carried into RQ jobs).
+"""Structured logs (JSON through python-json-logger, or text) and request ids, carried into
+RQ jobs.
 
-Flask is imported only where a request is handled, so that RQ workers, which import this
-module through service.core.jobs, still never import Flask.
+No Flask here: RQ workers import this module (through service.core.jobs) and never load
+Flask; the gateway's request hooks are in service.http.request_log.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from flask import Flask, Response
+from pythonjsonlogger.json import JsonFormatter as LibraryJsonFormatter
 
 REQUEST_ID_HEADER = "X-Request-ID"
 ENVIRON_KEY = "tagwarden.request_id"
@@ -64,21 +62,32 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with any `extra` fields merged in."""
+class JsonFormatter(LibraryJsonFormatter):
+    """One JSON object per line: time, level, logger, message, then the record's `fields`
+    (and its request id), then a traceback under `exception`. Other `extra` attributes of a
+    record are left out, as the text format leaves them out: only named fields are logged."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        body.update(_fields(record))
-        if record.exc_info:
-            body["exception"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s",
+                         rename_fields={"asctime": "time", "levelname": "level",
+                                        "name": "logger", "exc_info": "exception"},
+                         json_default=str)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """UTC with milliseconds: 2026-12-01T04:36:36.123Z."""
+        return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                + f".{int(record.msecs):03d}Z")
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        """The format's fields (level in lower case), the record's `fields`, the traceback:
+        not the library's default of every `extra` attribute."""
+        for field in self._required_fields:
+            log_data[self._get_rename(field)] = record.__dict__.get(field)
+        log_data["level"] = record.levelname.lower()
+        log_data.update(_fields(record))
+        for key, value in message_dict.items():
+            log_data[self._get_rename(key)] = value
 
 
 class TextFormatter(logging.Formatter):
@@ -114,42 +123,6 @@ def setup_logging(fmt: str) -> None:
 
 
 def valid_request_id(value: str | None) -> bool:
+    """An incoming X-Request-ID worth keeping: 1-128 printable ASCII characters."""
     return bool(value) and value is not None and len(value) <= 128 and value.isascii() \
         and value.isprintable()
-
-
-def configure(app: Flask, fmt: str, trust_forwarded: bool = False) -> None:
-    """Request id in and out, one access log line per request (naming the client address
-    as service.http.clientaddr trusts it)."""
-    from flask import g, request
-
-    from service.http.clientaddr import client_address
-
-    setup_logging(fmt)
-    access = logging.getLogger("tagwarden.access")
-
-    @app.before_request
-    def _start() -> None:
-        incoming = request.headers.get(REQUEST_ID_HEADER)
-        rid = incoming if valid_request_id(incoming) else uuid.uuid4().hex
-        request.environ[ENVIRON_KEY] = rid
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def _finish(resp: Response) -> Response:
-        rid = request.environ.get(ENVIRON_KEY, "")
-        resp.headers[REQUEST_ID_HEADER] = rid
-        duration = time.perf_counter() - g.get("started", time.perf_counter())
-        fields = {
-            "request_id": rid,
-            "method": request.method,
-            "path": request.path,
-            "route": request.url_rule.rule if request.url_rule else None,
-            "status": resp.status_code,
-            "duration_ms": round(duration * 1000, 2),
-            "actor": g.get("actor_name"),
-            "client": client_address(request.environ, trust_forwarded),
-        }
-        access.info("%s %s %s", request.method, request.path, resp.status_code,
-                    extra={"fields": fields})
-        return resp

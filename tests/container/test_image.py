@@ -362,7 +362,7 @@ def test_image_config_is_what_compose_relies_on(image: Image, compose: dict[str,
     assert _env(compose["services"]["gateway"])["TAGWARDEN_BIND"] == f"0.0.0.0:{port}"
     # the HEALTHCHECK survived the build (Docker format) and compose's gateway check is it
     check = config["Healthcheck"]["Test"]
-    assert check[0] == "CMD" and check[1:3] == ["python", "-c"]
+    assert check == ["CMD", "tagwarden", "healthcheck"]
     assert compose["services"]["gateway"]["healthcheck"]["test"] == check
     assert config["Labels"]["org.opencontainers.image.revision"] == image.revision
     assert config["WorkingDir"] == "/app" and not config.get("Entrypoint")
@@ -525,10 +525,12 @@ def test_health_checks_pass_inside_the_containers(stack: ImageStack, image: Imag
     healthcheck = image.config["Healthcheck"]["Test"][1:]
     done = stack.gateway_ctr.run(healthcheck, timeout=30)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("healthy: gateway http://127.0.0.1:"), done.stdout
     # and it can fail: the same probe against a port nobody serves
     nobody = stack.gateway_ctr.run(healthcheck, timeout=30,
                                    env={"TAGWARDEN_BIND": f"127.0.0.1:{procs.free_port()}"})
-    assert nobody.returncode != 0
+    assert nobody.returncode == 1 and nobody.stderr.startswith("unhealthy: gateway ")
+    assert "Traceback" not in nobody.stderr
     for name, ctr in (("gateway", stack.gateway_ctr), ("worker", stack.worker_ctr)):
         test = services[name]["healthcheck"]["test"]
         assert test[0] == "CMD"

@@ -16,12 +16,13 @@ import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 import fakeredis
 import pytest
-import redis
 import yaml
 from packaging.specifiers import SpecifierSet
 from rq import Queue, Worker
@@ -108,6 +109,14 @@ def _registry_config_args(services: dict[str, dict[str, Any]]) -> list[str]:
     argv = _argv(services["registry-config"]["command"])
     assert argv[:2] == ["tagwarden", "registry-config"], argv
     return argv[1:]
+
+
+def _parse(argv: list[str]) -> SimpleNamespace:
+    """The options the `tagwarden` CLI parses from argv (after the program name)."""
+    name, *rest = argv
+    command = cli.cli.get_command(click.Context(cli.cli), name)
+    assert command is not None, f"tagwarden has no subcommand {name!r}"
+    return SimpleNamespace(**command.make_context(name, rest).params)
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -241,8 +250,11 @@ def test_healthcheck_commands(services: dict[str, dict[str, Any]]) -> None:
     registry = services["registry"]["healthcheck"]["test"]
     assert registry[0] == "CMD" and urlsplit(registry[-1]).path == "/v2/", registry
     assert "redis-cli ping" in " ".join(services["redis"]["healthcheck"]["test"])
-    for name in ("gateway", "worker"):
-        assert services[name]["healthcheck"]["test"][1:3] == ["python", "-c"], name
+    # the image's own check (`tagwarden healthcheck`), the same for the gateway as in the image
+    assert services["gateway"]["healthcheck"]["test"] == ["CMD", *_healthcheck_argv(_stages()[-1])]
+    assert services["gateway"]["healthcheck"]["test"] == ["CMD", "tagwarden", "healthcheck"]
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "tagwarden", "healthcheck",
+                                                         "--worker"]
 
 
 def test_volumes_are_named(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -300,7 +312,7 @@ def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
     assert "container_name" not in worker
     assert not worker.get("ports")
     assert _argv(worker["command"]) == ["tagwarden", "worker"]
-    assert cli.build_parser().parse_args(["worker"]).command == "worker"
+    assert _parse(["worker"]).burst is False
 
 
 def test_redis_and_registry_images(services: dict[str, dict[str, Any]]) -> None:
@@ -329,7 +341,7 @@ def test_redis_and_registry_images(services: dict[str, dict[str, Any]]) -> None:
 def test_registry_serves_the_config_written_by_registry_config(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    args = cli.build_parser().parse_args(_registry_config_args(services))
+    args = _parse(_registry_config_args(services))
     out = PurePosixPath(args.out)
     writer, registry = services["registry-config"], services["registry"]
     assert _argv(registry["command"]) == ["registry", "serve", str(out)]
@@ -356,7 +368,7 @@ def test_registry_serves_the_config_written_by_registry_config(
 def test_rendered_registry_config_matches_the_compose_arguments(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    args = cli.build_parser().parse_args(_registry_config_args(services))
+    args = _parse(_registry_config_args(services))
     token, secret = _token(), _token()
     text = render_registry_config(
         data_dir=args.data_dir, addr=args.addr, secret=secret,
@@ -485,7 +497,7 @@ def test_dockerfile_runs_as_non_root_user() -> None:
 def test_dockerfile_healthcheck_entrypoint_and_environment() -> None:
     final = _stages()[-1]
     argv = _healthcheck_argv(final)
-    assert argv[:2] == ["python", "-c"] and "urllib" in argv[2] and "/healthz" in argv[2]
+    assert argv == ["tagwarden", "healthcheck"]
     cmd = [json.loads(args) for word, args in final if word == "CMD"]
     assert cmd[-1] == ["gunicorn", "-c", "/app/gunicorn.conf.py", "service:create_app()"]
     assert not any(word == "ENTRYPOINT" for word, _ in final)
@@ -563,10 +575,11 @@ def healthz_server() -> Iterator[tuple[int, dict[str, int]]]:
 
 
 def _run_probe(argv: list[str], port: int) -> int:
-    assert argv[0] == "python"
+    assert argv[0] == "tagwarden"
     env = {"TAGWARDEN_BIND": f"0.0.0.0:{port}", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True,
-                          timeout=30, check=False)
+    done = subprocess.run([str(Path(sys.executable).parent / "tagwarden"), *argv[1:]], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert "Traceback" not in done.stderr, done.stderr
     return done.returncode
 
 
@@ -579,31 +592,49 @@ def test_gateway_healthchecks_probe_healthz(
         state["status"] = 200
         assert _run_probe(argv, port) == 0
         state["status"] = 503
-        assert _run_probe(argv, port) != 0
+        assert _run_probe(argv, port) == 1
+    assert _run_probe(probes[0], free_port()) == 1  # nothing listening
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_worker_healthcheck_requires_this_hosts_worker(
-    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = services["worker"]["healthcheck"]["test"]
-    assert argv[:3] == ["CMD", "python", "-c"]
-    code = compile(argv[3], "<worker healthcheck>", "exec")
+    assert argv[:2] == ["CMD", "tagwarden"]
     fake = fakeredis.FakeRedis()
-    monkeypatch.setattr(redis.Redis, "from_url", lambda *_a, **_k: fake)
+    monkeypatch.setattr("service.store.connect", lambda *_a, **_k: fake)
     monkeypatch.setenv("TAGWARDEN_REDIS_URL", "redis://redis:6379/0")
 
-    def probe() -> object:
-        with pytest.raises(SystemExit) as exited:
-            exec(code, {"__name__": "__healthcheck__"})
-        return exited.value.code
+    def probe() -> int:
+        return cli.main(argv[2:])
 
     assert probe() == 1  # no worker registered yet
+    assert "unhealthy: no worker of " in capsys.readouterr().err
     other = Worker([Queue("tagwarden", connection=fake)], connection=fake)
     other.hostname = "another-container"
     other.register_birth()
     assert probe() == 1  # a worker, but not this container's
-    Worker([Queue("tagwarden", connection=fake)], connection=fake).register_birth()
+    elsewhere = Worker([Queue("other-queue", connection=fake)], connection=fake)
+    elsewhere.register_birth()
+    assert probe() == 1  # this container's, but not on Tagwarden's queue
+    mine = Worker([Queue("tagwarden", connection=fake)], connection=fake)
+    mine.register_birth()
+    capsys.readouterr()
     assert probe() == 0
+    assert capsys.readouterr().out.startswith("healthy: worker of ")
+    # registered, but silent for longer than its ttl (a stuck worker whose key lingers)
+    fake.hset(mine.key, "last_heartbeat", "2020-01-01T00:00:00.000000Z")
+    assert probe() == 1
+    assert "sent no heartbeat for more than 105s" in capsys.readouterr().err
 
 
 def test_nginx_config_command_renders_a_front_proxy_config(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +113,46 @@ def test_workers_importing_logs_do_not_import_flask():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def _json_line(**kwargs) -> dict:
+    logs.setup_logging("json")
+    root = logging.getLogger("tagwarden")
+    capture = Capture(root.handlers[0])
+    root.addHandler(capture)
+    logging.getLogger("tagwarden.test").info("hello %s", "there", **kwargs)
+    return json.loads(capture.lines[-1])
+
+
+def test_json_lines_carry_the_named_fields_only():
+    line = _json_line(extra={"fields": {"route": "/r", "status": 200, "when": object()},
+                             "password": "hunter2"})
+    assert list(line)[:4] == ["time", "level", "logger", "message"]
+    assert {k: line[k] for k in ("level", "logger", "message", "route", "status")} == {
+        "level": "info", "logger": "tagwarden.test", "message": "hello there", "route": "/r",
+        "status": 200}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
+    assert line["when"].startswith("<object object")  # not JSON: its str()
+    assert "password" not in line and "hunter2" not in json.dumps(line)  # extras are not logged
+
+
+def test_json_lines_carry_a_traceback_under_exception():
+    logs.setup_logging("json")
+    root = logging.getLogger("tagwarden")
+    capture = Capture(root.handlers[0])
+    root.addHandler(capture)
+    try:
+        raise ValueError("broken")
+    except ValueError:
+        logging.getLogger("tagwarden.test").exception("failed")
+    line = json.loads(capture.lines[-1])
+    assert line["level"] == "error" and line["message"] == "failed"
+    assert line["exception"].startswith("Traceback") and "ValueError: broken" in line["exception"]
+
+
+def test_logs_module_does_not_import_flask():
+    tree = ast.parse((ROOT / "service" / "obs" / "logs.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {name for name in imported if name.split(".")[0] == "flask"}

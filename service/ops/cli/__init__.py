@@ -1,1 +1,1 @@
-"""The `tagwarden` command (entry point `service.ops.cli.main:main`)."""
+"""The `tagwarden` command, a click group (entry point `service.ops.cli.main:main`)."""
