@@ -9,12 +9,12 @@ from typing import Any
 import fakeredis
 import pytest
 
+from service.scanner.inventory import Inventory, build_inventory
+from service.scanner.layers import iter_layer_files
+from service.scanner.matching import match_inventory
 from service.store.vulndb import VulnDB
 from tests.helpers import oci
 from tests.unit.scanner import fixtures as fx
-from workers.scanner.inventory import Inventory, build_inventory
-from workers.scanner.layers import iter_layer_files
-from workers.scanner.matching import match_inventory
 
 pytestmark = pytest.mark.unit
 
