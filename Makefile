@@ -98,7 +98,8 @@ conformance: system-deps venv
 lint: venv
 	$(BIN)/ruff check service workers tests bench
 
-# mypy over the packages [tool.mypy] in pyproject.toml names (service/domain, service/store)
+# mypy over the packages [tool.mypy] in pyproject.toml names (service/domain, service/store,
+# service/core)
 typecheck: venv
 	$(BIN)/mypy
 

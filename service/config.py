@@ -1,125 +1,284 @@
-"""Settings from TAGWARDEN_* environment variables, validated once at start."""
+"""Settings from TAGWARDEN_* environment variables, validated once at start.
+
+Each variable is read by `environs` (marshmallow fields underneath: the few kinds of value
+it does not know, such as URLs of given schemes or `host:port` lists, are fields here); every
+bad one is named in one ConfigError, and no message repeats a secret's value.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from environs import Env, EnvValidationError
+from marshmallow import ValidationError
+from marshmallow import fields as ma_fields
+from marshmallow import validate as ma_validate
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        raise ConfigError(f"{name}={value!r} is not a {'/'.join(schemes)} URL")
-    return value.rstrip("/")
+class Url(ma_fields.String):
+    """A URL of one of `schemes` with a host (trailing `/` dropped); `optional`: "" is unset."""
+
+    def __init__(self, *, schemes: tuple[str, ...], optional: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.schemes, self.optional = schemes, optional
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
+                     **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if self.optional and not text:
+            return ""
+        parts = urlsplit(text)
+        if parts.scheme not in self.schemes or not parts.netloc:
+            raise ValidationError(f"{text!r} is not a {'/'.join(self.schemes)} URL")
+        return text.rstrip("/")
 
 
-def _int(name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not an integer") from None
-    if not low <= number <= high:
-        raise ConfigError(f"{name}={number} is outside {low}..{high}")
-    return number
+class Flag(ma_fields.Boolean):
+    """1/true/yes/on or 0/false/no/off (any case, spaces ignored); empty is false."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(truthy={"1", "true", "yes", "on"},
+                         falsy={"0", "false", "no", "off", ""}, **kwargs)
+        self.error_messages["invalid"] = "{input!r} is not a boolean (true/false)"
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
+                     **kwargs: Any) -> bool:
+        normalised = value.strip().lower() if isinstance(value, str) else value
+        try:
+            return bool(super()._deserialize(normalised, attr, data, **kwargs))
+        except ValidationError:
+            raise self.make_error("invalid", input=value) from None
 
 
-def _bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name}={value!r} is not a boolean (true/false)")
-
-
-def _secret(name: str, value: str) -> str:
-    if value and len(value) < 16:
-        raise ConfigError(f"{name} must be at least 16 characters")
-    return value
-
-
-def _rate(name: str, value: str) -> str:
+class Rate(ma_fields.String):
     """A rate like `1200/minute` (the `limits` library's notation), or `off`."""
-    if value.strip().lower() in ("off", "0", "none", ""):
-        return "off"
-    from limits import parse
 
-    try:
-        parse(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a rate such as 1200/minute") from None
-    return value
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
+                     **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if text.strip().lower() in ("off", "0", "none", ""):
+            return "off"
+        from limits import parse
 
-
-def _allowlist(name: str, value: str) -> tuple[str, ...]:
-    """Host names, addresses or CIDRs; each checked so a typo is caught at start."""
-    import ipaddress
-
-    items = tuple(item.strip().lower() for item in value.split(",") if item.strip())
-    for item in items:
-        if "/" in item:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ConfigError(f"{name}: {item!r} is not a valid CIDR") from None
-        elif not all(c.isalnum() or c in ".-:_" for c in item):
-            raise ConfigError(f"{name}: {item!r} is not a host name, address or CIDR")
-    return items
+        try:
+            parse(text)
+        except ValueError:
+            raise ValidationError(f"{text!r} is not a rate such as 1200/minute") from None
+        return text
 
 
-def _float(name: str, value: str, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a number") from None
-    if not low <= number <= high:
-        raise ConfigError(f"{name}={number} is outside {low}..{high}")
-    return number
+def _host_chars(text: str) -> bool:
+    return all(c.isalnum() or c in ".-:_" for c in text)
 
 
-def _sentinels(name: str, value: str) -> tuple[tuple[str, int], ...]:
-    """`host:port,host:port,...` (at least one; each port 1..65535)."""
-    out = []
-    for item in (part.strip() for part in value.split(",")):
-        host, _, port = item.rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536 or not all(
-                c.isalnum() or c in ".-:_" for c in host):
-            raise ConfigError(f"{name}: {item!r} is not host:port")
-        out.append((host, int(port)))
-    return tuple(out)
+class Allowlist(ma_fields.Field[tuple[str, ...]]):
+    """Comma-separated host names, addresses or CIDRs, each checked so a typo is caught."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
+                     **kwargs: Any) -> tuple[str, ...]:
+        text = str(value)  # environment values are strings
+        items = tuple(item.strip().lower() for item in text.split(",") if item.strip())
+        for item in items:
+            if "/" in item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValidationError(f"{item!r} is not a valid CIDR") from None
+            elif not _host_chars(item):
+                raise ValidationError(f"{item!r} is not a host name, address or CIDR")
+        return items
 
 
-def _path(name: str, value: str, must_exist: bool) -> str:
-    if value and must_exist and not Path(value).exists():
-        raise ConfigError(f"{name}={value!r} does not exist")
-    return value
+class HostPorts(ma_fields.Field[tuple[tuple[str, int], ...]]):
+    """`host:port,host:port,...` (blank: none; each port 1..65535)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
+                     **kwargs: Any) -> tuple[tuple[str, int], ...]:
+        text = str(value)
+        if not text.strip():
+            return ()
+        out = []
+        for item in (part.strip() for part in text.split(",")):
+            host, _, port = item.rpartition(":")
+            host = host.strip("[]")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536 \
+                    or not _host_chars(host):
+                raise ValidationError(f"{item!r} is not host:port")
+            out.append((host, int(port)))
+        return tuple(out)
 
 
-def _disaster_recovery(get: Any) -> dict[str, Any]:
-    """TAGWARDEN_BACKUP_* and TAGWARDEN_RESTORE_* (issue 21)."""
-    values: dict[str, Any] = {}
-    for name, attr in (("TAGWARDEN_BACKUP_DIR", "backup_dir"),
-                       ("TAGWARDEN_RESTORE_SPOOL_DIR", "restore_spool_dir")):
-        if (v := get(name)) is not None and v:
-            if not os.path.isabs(v):
-                raise ConfigError(f"{name}={v!r} must be an absolute path")
-            values[attr] = v
-    for name, attr, low, high in (
-        ("TAGWARDEN_BACKUP_KEEP", "backup_keep", 1, 10_000),
-        ("TAGWARDEN_BACKUP_INTERVAL", "backup_interval", 60, 30 * 86400),
-        ("TAGWARDEN_RESTORE_MAX_BYTES", "restore_max_bytes", 1024, 1024**4),
-    ):
-        if (v := get(name)) is not None:
-            values[attr] = _int(name, v, low, high)
+def _secret(value: str) -> None:
+    """Empty (off) or 16 characters at least; the message never holds the value."""
+    if value and len(value) < 16:
+        raise ValidationError("must be at least 16 characters")
+
+
+def _existing(value: str) -> None:
+    if value and not Path(value).exists():
+        raise ValidationError(f"{value!r} does not exist")
+
+
+def _absolute(value: str) -> None:
+    if value and not os.path.isabs(value):
+        raise ValidationError(f"{value!r} must be an absolute path")
+
+
+def _queue_name(value: str) -> None:
+    if not value.replace("-", "").replace("_", "").isalnum():
+        raise ValidationError(f"{value!r} must be letters, digits, - or _")
+
+
+def _accel_path(value: str) -> None:
+    if value and (not re.fullmatch(r"/[A-Za-z0-9_/-]*/", value) or "//" in value):
+        raise ValidationError(f"{value!r} must be a path such as /_tagwarden/blobs/ "
+                              "(letters, digits, - _ /, ending in /)")
+
+
+def _within(low: float, high: float) -> ma_validate.Range:
+    return ma_validate.Range(low, high, error="{input} is outside {min}..{max}")
+
+
+def _one_of(*choices: str) -> ma_validate.OneOf:
+    return ma_validate.OneOf(choices, error="{input!r} must be " + ", ".join(choices[:-1])
+                             + f" or {choices[-1]}")
+
+
+class _Env(Env):
+    """environs reading a given mapping (os.environ by default), with the fields above."""
+
+    def __init__(self, source: Mapping[str, str]) -> None:
+        super().__init__(eager=False)
+        self._source = dict(source)
+        for name, field_class in (("endpoint", Url), ("flag", Flag), ("rate", Rate),
+                                  ("allowlist", Allowlist), ("host_ports", HostPorts)):
+            self.add_parser_from_field(name, field_class)
+
+    def _get_value(self, env_key: str, default: Any) -> Any:
+        # environs reads os.environ here; from_env(env) reads the mapping it was given
+        return self._source.get(env_key, default)
+
+
+HTTP = ("http", "https")
+MIB = 1024 * 1024
+
+
+def _connections(env: _Env, d: Settings) -> dict[str, Any]:
+    """The registry, Redis and Sentinel, the public URL, tokens and the queue."""
+    return {
+        "registry_url": env.endpoint("TAGWARDEN_REGISTRY_URL", d.registry_url, schemes=HTTP),
+        "redis_url": env.endpoint("TAGWARDEN_REDIS_URL", d.redis_url,
+                             schemes=("redis", "rediss", "unix")),
+        "public_url": env.endpoint("TAGWARDEN_PUBLIC_URL", d.public_url, schemes=HTTP,
+                              optional=True),
+        "admin_token": env.str("TAGWARDEN_ADMIN_TOKEN", d.admin_token, validate=_secret),
+        "webhook_token": env.str("TAGWARDEN_WEBHOOK_TOKEN", d.webhook_token,
+                                 validate=_secret),
+        "registry_timeout": env.int("TAGWARDEN_REGISTRY_TIMEOUT", d.registry_timeout,
+                                    validate=_within(1, 3600)),
+        "queue_name": env.str("TAGWARDEN_QUEUE", d.queue_name, validate=_queue_name),
+        "redis_sentinels": env.host_ports("TAGWARDEN_REDIS_SENTINELS", d.redis_sentinels),
+        "redis_sentinel_master": env.str(
+            "TAGWARDEN_REDIS_SENTINEL_MASTER", d.redis_sentinel_master,
+            validate=ma_validate.Regexp(r"[A-Za-z0-9._-]{1,64}\Z", error=(
+                "{input!r} must be 1-64 letters, digits, . _ or -"))),
+        "redis_timeout": env.float("TAGWARDEN_REDIS_TIMEOUT", d.redis_timeout,
+                                   validate=_within(0.05, 30.0)),
+        "redis_min_replicas": env.int("TAGWARDEN_REDIS_MIN_REPLICAS", d.redis_min_replicas,
+                                      validate=_within(0, 16)),
+        "auth_stale_ttl": env.int("TAGWARDEN_AUTH_STALE_TTL", d.auth_stale_ttl,
+                                  validate=_within(0, 7 * 86400)),
+    }
+
+
+def _files(env: _Env, d: Settings) -> dict[str, Any]:
+    """Paths the process reads or writes: policies, the OSV database, backups, storage."""
+    return {
+        "policy_file": env.str("TAGWARDEN_POLICY_FILE", d.policy_file, validate=_existing),
+        "vulndb": env.str("TAGWARDEN_VULNDB", d.vulndb, validate=_existing),
+        "vulndb_import_root": env.str("TAGWARDEN_VULNDB_IMPORT_ROOT", d.vulndb_import_root,
+                                      validate=_existing),
+        "backup_dir": env.str("TAGWARDEN_BACKUP_DIR", d.backup_dir, validate=_absolute),
+        "restore_spool_dir": env.str("TAGWARDEN_RESTORE_SPOOL_DIR", d.restore_spool_dir,
+                                     validate=_absolute),
+        "blob_accel_path": env.str("TAGWARDEN_BLOB_ACCEL_PATH", d.blob_accel_path,
+                                   validate=_accel_path),
+        # unreadable: a warning at start, and pulls are streamed
+        "registry_storage": env.str("TAGWARDEN_REGISTRY_STORAGE", d.registry_storage,
+                                    validate=_absolute),
+    }
+
+
+def _limits(env: _Env, d: Settings) -> dict[str, Any]:
+    """Sizes, timeouts, intervals and stream lengths."""
+    ints = {  # attribute: (variable, low, high)
+        "proxy_chunk_size": ("TAGWARDEN_PROXY_CHUNK_SIZE", 64 * 1024, 64 * 1024 * 1024),
+        "delivery_backoff": ("TAGWARDEN_DELIVERY_BACKOFF", 1, 3600),
+        "delivery_timeout": ("TAGWARDEN_DELIVERY_TIMEOUT", 1, 120),
+        "scan_timeout": ("TAGWARDEN_SCAN_TIMEOUT", 10, 24 * 3600),
+        "vulndb_upload_max_bytes": ("TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES", 1024, 64 * 1024**3),
+        "scan_max_bytes": ("TAGWARDEN_SCAN_MAX_BYTES", 1024, 1024**4),
+        "reconcile_interval": ("TAGWARDEN_RECONCILE_INTERVAL", 5, 86400),
+        "worker_maintenance_interval": ("TAGWARDEN_WORKER_MAINTENANCE_INTERVAL", 5, 3600),
+        "job_monitoring_interval": ("TAGWARDEN_JOB_MONITORING_INTERVAL", 1, 600),
+        "events_max_len": ("TAGWARDEN_EVENTS_MAX_LEN", 1000, 10**9),
+        "audit_max_len": ("TAGWARDEN_AUDIT_MAX_LEN", 1000, 10**9),
+        "deliveries_max_len": ("TAGWARDEN_DELIVERIES_MAX_LEN", 100, 10**9),
+        "backup_keep": ("TAGWARDEN_BACKUP_KEEP", 1, 10_000),
+        "backup_interval": ("TAGWARDEN_BACKUP_INTERVAL", 60, 30 * 86400),
+        "restore_max_bytes": ("TAGWARDEN_RESTORE_MAX_BYTES", 1024, 1024**4),
+    }
+    values = {attr: env.int(name, getattr(d, attr), validate=_within(low, high))
+              for attr, (name, low, high) in ints.items()}
+    # a bad value reads as None until seal() raises, hence `or 0`
+    values["manifest_memory"] = MIB * (env.int(
+        "TAGWARDEN_MANIFEST_MEMORY_MIB", d.manifest_memory // MIB, validate=_within(8, 65536))
+        or 0)
+    values["manifest_cache"] = MIB * (env.int(
+        "TAGWARDEN_MANIFEST_CACHE_MIB", d.manifest_cache // MIB, validate=_within(0, 4096))
+        or 0)
+    # read by service.http.gunicorn_worker; checked here so a typo stops the start too
+    env.int("TAGWARDEN_UPLOAD_MIN_RATE", 0, validate=_within(0, 1024**3))
+    env.int("TAGWARDEN_RESERVED_THREADS", 1, validate=_within(1, 1024))
+    values["fault_pause_after_registry_write"] = float(env.int(
+        "TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE", int(d.fault_pause_after_registry_write),
+        validate=_within(0, 600)) or 0)
+    return values
+
+
+def _behaviour(env: _Env, d: Settings) -> dict[str, Any]:
+    """Switches, modes, rates, the scanner and the outbound allowlist."""
+    flags = {"trust_forwarded": "TAGWARDEN_TRUST_FORWARDED",
+             "anonymous_pull": "TAGWARDEN_ANONYMOUS_PULL",
+             "automatic_mount": "TAGWARDEN_AUTOMATIC_MOUNT",
+             "open_docs": "TAGWARDEN_OPEN_DOCS", "open_metrics": "TAGWARDEN_OPEN_METRICS"}
+    values = {attr: env.flag(name, getattr(d, attr)) for attr, name in flags.items()}
+    values.update({
+        "log_format": env.str("TAGWARDEN_LOG_FORMAT", d.log_format,
+                              validate=_one_of("json", "text")),
+        "outbound_allowlist": env.allowlist("TAGWARDEN_OUTBOUND_ALLOWLIST",
+                                            d.outbound_allowlist),
+        "scanner_url": env.endpoint("TAGWARDEN_SCANNER_URL", d.scanner_url, schemes=HTTP,
+                               optional=True),
+        "scanner_registry_url": env.endpoint("TAGWARDEN_SCANNER_REGISTRY_URL",
+                                        d.scanner_registry_url, schemes=HTTP, optional=True),
+        "scanner_mode": env.str("TAGWARDEN_SCANNER_MODE", d.scanner_mode,
+                                validate=_one_of("builtin", "external", "both")),
+        "rate_limit": env.rate("TAGWARDEN_RATE_LIMIT", d.rate_limit),
+        "auth_failure_limit": env.rate("TAGWARDEN_AUTH_FAILURE_LIMIT", d.auth_failure_limit),
+    })
     return values
 
 
@@ -198,128 +357,21 @@ class Settings:
     restore_spool_dir: str = ""
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Build settings from TAGWARDEN_* variables, raising ConfigError on a bad one."""
-        env = dict(os.environ if env is None else env)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from TAGWARDEN_* variables, raising ConfigError naming each bad one."""
+        reader = _Env(os.environ if env is None else env)
+        defaults = cls()
         values: dict[str, Any] = {}
-        get = env.get
-        if (v := get("TAGWARDEN_REGISTRY_URL")) is not None:
-            values["registry_url"] = _url("TAGWARDEN_REGISTRY_URL", v, ("http", "https"))
-        if (v := get("TAGWARDEN_REDIS_URL")) is not None:
-            values["redis_url"] = _url(
-                "TAGWARDEN_REDIS_URL", v, ("redis", "rediss", "unix")
-            )
-        if (v := get("TAGWARDEN_PUBLIC_URL")) is not None and v:
-            values["public_url"] = _url("TAGWARDEN_PUBLIC_URL", v, ("http", "https"))
-        for key in ("admin_token", "webhook_token"):
-            name = f"TAGWARDEN_{key.upper()}"
-            if (v := get(name)) is not None:
-                values[key] = _secret(name, v)
-        if (v := get("TAGWARDEN_POLICY_FILE")) is not None:
-            values["policy_file"] = _path("TAGWARDEN_POLICY_FILE", v, must_exist=True)
-        if (v := get("TAGWARDEN_VULNDB")) is not None:
-            values["vulndb"] = _path("TAGWARDEN_VULNDB", v, must_exist=True)
-        if (v := get("TAGWARDEN_REGISTRY_TIMEOUT")) is not None:
-            values["registry_timeout"] = _int("TAGWARDEN_REGISTRY_TIMEOUT", v, 1, 3600)
-        if (v := get("TAGWARDEN_PROXY_CHUNK_SIZE")) is not None:
-            values["proxy_chunk_size"] = _int(
-                "TAGWARDEN_PROXY_CHUNK_SIZE", v, 64 * 1024, 64 * 1024 * 1024
-            )
-        if (v := get("TAGWARDEN_MANIFEST_MEMORY_MIB")) is not None:
-            values["manifest_memory"] = _int("TAGWARDEN_MANIFEST_MEMORY_MIB", v, 8, 65536) \
-                * 1024 * 1024
-        for name, low, high in (("TAGWARDEN_UPLOAD_MIN_RATE", 0, 1024**3),
-                                ("TAGWARDEN_RESERVED_THREADS", 1, 1024)):
-            if (v := get(name)) is not None:  # read by service.http.gunicorn_worker
-                _int(name, v, low, high)
-        if (v := get("TAGWARDEN_QUEUE")) is not None:
-            if not v.replace("-", "").replace("_", "").isalnum():
-                raise ConfigError(f"TAGWARDEN_QUEUE={v!r} must be letters, digits, - or _")
-            values["queue_name"] = v
-        if (v := get("TAGWARDEN_LOG_FORMAT")) is not None:
-            if v not in ("json", "text"):
-                raise ConfigError(f"TAGWARDEN_LOG_FORMAT={v!r} must be json or text")
-            values["log_format"] = v
-        if (v := get("TAGWARDEN_OUTBOUND_ALLOWLIST")) is not None:
-            values["outbound_allowlist"] = _allowlist("TAGWARDEN_OUTBOUND_ALLOWLIST", v)
-        if (v := get("TAGWARDEN_DELIVERY_BACKOFF")) is not None:
-            values["delivery_backoff"] = _int("TAGWARDEN_DELIVERY_BACKOFF", v, 1, 3600)
-        if (v := get("TAGWARDEN_DELIVERY_TIMEOUT")) is not None:
-            values["delivery_timeout"] = _int("TAGWARDEN_DELIVERY_TIMEOUT", v, 1, 120)
-        if (v := get("TAGWARDEN_SCAN_TIMEOUT")) is not None:
-            values["scan_timeout"] = _int("TAGWARDEN_SCAN_TIMEOUT", v, 10, 24 * 3600)
-        if (v := get("TAGWARDEN_VULNDB_IMPORT_ROOT")) is not None and v:
-            values["vulndb_import_root"] = _path("TAGWARDEN_VULNDB_IMPORT_ROOT", v,
-                                                 must_exist=True)
-        if (v := get("TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES")) is not None:
-            values["vulndb_upload_max_bytes"] = _int("TAGWARDEN_VULNDB_UPLOAD_MAX_BYTES", v,
-                                                     1024, 64 * 1024**3)
-        if (v := get("TAGWARDEN_SCAN_MAX_BYTES")) is not None:
-            values["scan_max_bytes"] = _int("TAGWARDEN_SCAN_MAX_BYTES", v, 1024, 1024**4)
-        if (v := get("TAGWARDEN_SCANNER_URL")) is not None and v:
-            values["scanner_url"] = _url("TAGWARDEN_SCANNER_URL", v, ("http", "https"))
-        if (v := get("TAGWARDEN_SCANNER_REGISTRY_URL")) is not None and v:
-            values["scanner_registry_url"] = _url("TAGWARDEN_SCANNER_REGISTRY_URL", v,
-                                                  ("http", "https"))
-        if (v := get("TAGWARDEN_SCANNER_MODE")) is not None:
-            if v not in ("builtin", "external", "both"):
-                raise ConfigError(f"TAGWARDEN_SCANNER_MODE={v!r} must be builtin, external or both")
-            values["scanner_mode"] = v
-        for name, attr, low, high in (
-            ("TAGWARDEN_RECONCILE_INTERVAL", "reconcile_interval", 5, 86400),
-            ("TAGWARDEN_WORKER_MAINTENANCE_INTERVAL", "worker_maintenance_interval", 5, 3600),
-            ("TAGWARDEN_JOB_MONITORING_INTERVAL", "job_monitoring_interval", 1, 600),
-        ):
-            if (v := get(name)) is not None:
-                values[attr] = _int(name, v, low, high)
-        if (v := get("TAGWARDEN_REDIS_SENTINELS")) is not None and v.strip():
-            values["redis_sentinels"] = _sentinels("TAGWARDEN_REDIS_SENTINELS", v)
-        if (v := get("TAGWARDEN_REDIS_SENTINEL_MASTER")) is not None:
-            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v):
-                raise ConfigError(f"TAGWARDEN_REDIS_SENTINEL_MASTER={v!r} must be 1-64 letters, "
-                                  "digits, . _ or -")
-            values["redis_sentinel_master"] = v
-        if (v := get("TAGWARDEN_REDIS_TIMEOUT")) is not None:
-            values["redis_timeout"] = _float("TAGWARDEN_REDIS_TIMEOUT", v, 0.05, 30.0)
-        for name, attr, low, high in (
-            ("TAGWARDEN_REDIS_MIN_REPLICAS", "redis_min_replicas", 0, 16),
-            ("TAGWARDEN_AUTH_STALE_TTL", "auth_stale_ttl", 0, 7 * 86400),
-            ("TAGWARDEN_EVENTS_MAX_LEN", "events_max_len", 1000, 10**9),
-            ("TAGWARDEN_AUDIT_MAX_LEN", "audit_max_len", 1000, 10**9),
-            ("TAGWARDEN_DELIVERIES_MAX_LEN", "deliveries_max_len", 100, 10**9),
-        ):
-            if (v := get(name)) is not None:
-                values[attr] = _int(name, v, low, high)
-        if (v := get("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE")) is not None:
-            values["fault_pause_after_registry_write"] = float(
-                _int("TAGWARDEN_FAULT_PAUSE_AFTER_REGISTRY_WRITE", v, 0, 600))
-        values.update(_disaster_recovery(get))
-        if (v := get("TAGWARDEN_TRUST_FORWARDED")) is not None:
-            values["trust_forwarded"] = _bool("TAGWARDEN_TRUST_FORWARDED", v)
-        if (v := get("TAGWARDEN_BLOB_ACCEL_PATH")) is not None and v:
-            if not re.fullmatch(r"/[A-Za-z0-9_/-]*/", v) or "//" in v:
-                raise ConfigError(f"TAGWARDEN_BLOB_ACCEL_PATH={v!r} must be a path such as "
-                                  "/_tagwarden/blobs/ (letters, digits, - _ /, ending in /)")
-            values["blob_accel_path"] = v
-        if (v := get("TAGWARDEN_REGISTRY_STORAGE")) is not None and v:
-            if not v.startswith("/"):
-                raise ConfigError(f"TAGWARDEN_REGISTRY_STORAGE={v!r} must be an absolute path")
-            values["registry_storage"] = v  # unreadable: a warning, and pulls are streamed
-        if (v := get("TAGWARDEN_MANIFEST_CACHE_MIB")) is not None:
-            values["manifest_cache"] = _int("TAGWARDEN_MANIFEST_CACHE_MIB", v, 0, 4096) \
-                * 1024 * 1024
-        if (v := get("TAGWARDEN_ANONYMOUS_PULL")) is not None:
-            values["anonymous_pull"] = _bool("TAGWARDEN_ANONYMOUS_PULL", v)
-        if (v := get("TAGWARDEN_AUTOMATIC_MOUNT")) is not None:
-            values["automatic_mount"] = _bool("TAGWARDEN_AUTOMATIC_MOUNT", v)
-        if (v := get("TAGWARDEN_OPEN_DOCS")) is not None:
-            values["open_docs"] = _bool("TAGWARDEN_OPEN_DOCS", v)
-        if (v := get("TAGWARDEN_OPEN_METRICS")) is not None:
-            values["open_metrics"] = _bool("TAGWARDEN_OPEN_METRICS", v)
-        if (v := get("TAGWARDEN_RATE_LIMIT")) is not None:
-            values["rate_limit"] = _rate("TAGWARDEN_RATE_LIMIT", v)
-        if (v := get("TAGWARDEN_AUTH_FAILURE_LIMIT")) is not None:
-            values["auth_failure_limit"] = _rate("TAGWARDEN_AUTH_FAILURE_LIMIT", v)
+        for part in (_connections, _files, _limits, _behaviour):
+            values.update(part(reader, defaults))
+        try:
+            reader.seal()
+        except EnvValidationError as exc:
+            errors = exc.error_messages  # variable -> messages (a list only when eager)
+            if not isinstance(errors, Mapping):
+                errors = {"settings": errors}
+            raise ConfigError("; ".join(f"{name}: {' '.join(str(m) for m in messages)}"
+                                        for name, messages in errors.items())) from None
         return cls(**values)
 
     @classmethod

@@ -19,11 +19,11 @@ from service.domain.errors import RegistryUnavailable
 from service.domain.policy_model import SEVERITIES
 from service.obs import metrics
 from service.registry.client import Manifest
+from service.scanner.errors import ScanError
+from service.scanner.inventory import Inventory, inventory_of_streams
+from service.scanner.matching import match_inventory
 from service.services import Services
 from workers.context import services
-from workers.scanner.errors import ScanError
-from workers.scanner.inventory import Inventory, inventory_of_streams
-from workers.scanner.matching import match_inventory
 
 log = logging.getLogger("tagwarden.scan")
 SKIP_PLATFORMS = {("unknown", "unknown")}  # buildkit attestation manifests
@@ -133,7 +133,7 @@ def _summary(findings: list[dict[str, Any]]) -> dict[str, int]:
 
 def external_findings(svc: Services, repository: str, image: Manifest) -> list[dict[str, Any]]:
     """Findings of a Harbor-compatible scanner adapter (Trivy, Clair, ...) for one image."""
-    from workers.scanner.harbor import HarborScannerClient
+    from service.scanner.harbor import HarborScannerClient
 
     client = HarborScannerClient(svc.settings.scanner_url,
                                  timeout=min(60, svc.settings.scan_timeout),

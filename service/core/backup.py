@@ -144,7 +144,7 @@ class _Validator:
             raise _bad(where, f"a {kind} line after the {_kind_name(self.last_kind)} lines")
         self.last_kind = ORDER[kind]
         try:
-            loaded = self.schemas[kind].load(data)
+            loaded: dict[str, Any] = self.schemas[kind].load(data)
         except ValidationError as exc:
             raise InvalidRequest(f"restore stream, {where}: invalid {kind}", errors={
                 f"{where}.{k}": v for k, v in flatten_errors(exc.messages).items()}) from None

@@ -91,4 +91,5 @@ def enqueue_backup(queue: Queue, interval: int, now: bool = False) -> Job:
                                    retry=Retry(max=2, interval=[60, 300]), meta=job_meta())
     if now:
         return queue.enqueue(BACKUP, **options)
-    return queue.enqueue_at(datetime.fromtimestamp(slot * interval, UTC), BACKUP, **options)
+    job: Job = queue.enqueue_at(datetime.fromtimestamp(slot * interval, UTC), BACKUP, **options)
+    return job

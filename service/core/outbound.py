@@ -22,6 +22,8 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from service.domain.errors import InvalidRequest
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 READ_AT_MOST = 4096  # bytes of a receiver's answer kept (the delivery records 500)
 
 
@@ -47,7 +49,7 @@ class Target:
         return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def _listed(host: str, address: ipaddress._BaseAddress, allowlist: tuple[str, ...]) -> bool:
+def _listed(host: str, address: Address, allowlist: tuple[str, ...]) -> bool:
     """Whether the allowlist names the host, the address, or a network holding it."""
     for item in allowlist:
         if "/" in item:
@@ -58,12 +60,12 @@ def _listed(host: str, address: ipaddress._BaseAddress, allowlist: tuple[str, ..
     return False
 
 
-def _internal(address: ipaddress._BaseAddress) -> bool:
+def _internal(address: Address) -> bool:
     return (address.is_loopback or address.is_link_local or address.is_private
             or address.is_reserved or address.is_multicast or address.is_unspecified)
 
 
-def resolve(host: str, port: int) -> list[ipaddress._BaseAddress]:
+def resolve(host: str, port: int) -> list[Address]:
     """Every address a host name resolves to (an IP literal resolves to itself)."""
     try:
         return [ipaddress.ip_address(host.strip("[]"))]
@@ -73,7 +75,7 @@ def resolve(host: str, port: int) -> list[ipaddress._BaseAddress]:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError:
         return []
-    found = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    found = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     return list(dict.fromkeys(found))  # once each, in the resolver's order
 
 

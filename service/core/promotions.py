@@ -199,7 +199,7 @@ def reconcile_intent(svc: Services, repository: str, environment: str,
     intent = intent or svc.promotions.intent(repository, environment)
     if intent is None:
         return None
-    record = intent["record"]
+    record: dict[str, Any] = intent["record"]
     found = svc.registry.head_manifest(repository, environment)
     if found != record["digest"]:
         log.warning("dropping intent %s: registry tag %s is %s", record["id"], environment, found)

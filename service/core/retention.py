@@ -216,7 +216,7 @@ def governed_repositories(svc: Services, glob: str | None, policy_name: str | No
 def start_run(svc: Services, repository: str | None, dry_run: bool, actor: str | None,
               trigger: str = "api", policy: str | None = None) -> dict[str, Any]:
     """Record a queued run and enqueue its job (after the record exists)."""
-    run = {"id": "ret_" + uuid.uuid4().hex, "status": "queued", "dry_run": dry_run,
+    run: dict[str, Any] = {"id": "ret_" + uuid.uuid4().hex, "status": "queued", "dry_run": dry_run,
            "repository": repository, "policy": policy, "trigger": trigger,
            "requested_by": actor, "created_at": _now(), "started_at": None,
            "finished_at": None, "repositories": [], "deleted": [], "kept": [],

@@ -13,8 +13,9 @@ from typing import IO, Any
 
 from service.core.scans import request_scan
 from service.domain.errors import Forbidden, InvalidRequest
+from service.scanner.osv_export import osv_files, read_osv
 from service.services import Services
-from service.store.vulndb import VulnDBSource, osv_files
+from service.store.vulndb import VulnDBSource
 
 log = logging.getLogger("tagwarden.vulndb")
 
@@ -36,7 +37,7 @@ def import_vulndb(svc: Services, path: str, *, only_if_changed: bool = False,
         mark = f"{os.path.abspath(path)}|{fingerprint(path)}"
         if only_if_changed and source.mark() == mark:
             return None
-        report = svc.vulndb.import_path(path).to_dict()
+        report = svc.vulndb.import_documents(read_osv(path)).to_dict()
         source.set_mark(mark)
     if rescan:
         report["rescans"] = rescan_deployed(svc)

@@ -50,8 +50,8 @@ def slim(event: dict[str, Any]) -> dict[str, Any] | None:
     repository = target.get("repository")
     if not isinstance(repository, str) or not repository:
         return None
-    request = event.get("request") if isinstance(event.get("request"), dict) else {}
-    actor = event.get("actor") if isinstance(event.get("actor"), dict) else {}
+    request = found if isinstance(found := event.get("request"), dict) else {}
+    actor = found if isinstance(found := event.get("actor"), dict) else {}
     out = {
         "id": event["id"], "action": event["action"], "repository": repository,
         "timestamp": event.get("timestamp") if isinstance(event.get("timestamp"), str) else None,
@@ -84,6 +84,19 @@ def direct_streams(svc: Services) -> Any:
     return lambda event: None if needs_processing(event) else svc.events.streams(event)
 
 
+class _Slot:
+    """One envelope waiting in a GroupCommit: its events, and the answer its writer left."""
+
+    __slots__ = ("events", "done", "lead", "result", "error")
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+        self.done = threading.Event()
+        self.lead = False
+        self.result: tuple[int, bool] = (0, False)
+        self.error: BaseException | None = None
+
+
 class GroupCommit:
     """Envelopes that arrive while another thread of the process is writing to Redis are
     written together by the next one, in one round trip (Inbox.accept_envelopes): the
@@ -94,50 +107,51 @@ class GroupCommit:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[_Slot] = []
         self._busy = False
 
     def accept(self, svc: Services, events: list[dict[str, Any]]) -> tuple[int, bool]:
         """(new events of this envelope, schedule a drain?), written with whatever other
         envelopes are waiting; raises what the write raised."""
-        slot: dict[str, Any] = {"events": events, "done": threading.Event(), "lead": False}
+        slot = _Slot(events)
         with self._lock:
             self._pending.append(slot)
-            slot["lead"] = not self._busy
+            slot.lead = not self._busy
             self._busy = True
-        if not slot["lead"]:
-            slot["done"].wait()
-        if slot["lead"]:  # first in, or handed the lead by the previous writer
+        if not slot.lead:
+            slot.done.wait()
+        if slot.lead:  # first in, or handed the lead by the previous writer
             self._write(svc)
-        if "error" in slot:
-            raise slot["error"]
-        return slot["result"]
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
 
     def _write(self, svc: Services) -> None:
         with self._lock:
-            batch, size = [], 0
-            while self._pending and (not batch or size + len(self._pending[0]["events"])
+            batch: list[_Slot] = []
+            size = 0
+            while self._pending and (not batch or size + len(self._pending[0].events)
                                      <= self.MAX_EVENTS):
-                size += len(self._pending[0]["events"])
+                size += len(self._pending[0].events)
                 batch.append(self._pending.pop(0))
         try:
-            counts, kick = svc.inbox.accept_envelopes([s["events"] for s in batch],
+            counts, kick = svc.inbox.accept_envelopes([s.events for s in batch],
                                                       direct_streams(svc))
             for i, item in enumerate(batch):
-                item["result"] = (counts[i], kick and i == 0)
+                item.result = (counts[i], kick and i == 0)
         except BaseException as exc:  # each envelope's request answers (or fails) on it
             for item in batch:
-                item["error"] = exc
+                item.error = exc
         finally:  # whatever happened, the next writer is named: nobody waits forever
             with self._lock:
                 if self._pending:
-                    self._pending[0]["lead"] = True
-                    self._pending[0]["done"].set()
+                    self._pending[0].lead = True
+                    self._pending[0].done.set()
                 else:
                     self._busy = False
             for item in batch:
-                item["lead"] = False
-                item["done"].set()
+                item.lead = False
+                item.done.set()
 
 
 _group = GroupCommit()

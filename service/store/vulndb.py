@@ -1,5 +1,8 @@
 """The offline OSV vulnerability database in Redis, indexed per (ecosystem, package name).
 
+Records are validated by service.domain.osv and read from disk by service.scanner.osv_export;
+this module only stores and looks them up.
+
 Each import builds a complete new generation of keys and then switches the
 ``current`` pointer in one transaction, so a scan never sees half an import; the
 generation before stays readable for scans still running and older ones are deleted.
@@ -8,159 +11,23 @@ generation before stays readable for scans still running and older ones are dele
 from __future__ import annotations
 
 import json
-import logging
-import os
-import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast
 
 import redis
-from packaging.utils import canonicalize_name
 
+from service.domain.osv import (
+    applicable_ecosystems,
+    canonical_ecosystem,
+    normalize_name,
+    validation_problem,
+)
 from service.store import key
 
-log = logging.getLogger(__name__)
-
-MAX_RECORD_BYTES = 16 * 1024 * 1024
 _BATCH = 500
-_RANGE_TYPES = {"ECOSYSTEM", "SEMVER", "GIT"}
-_EVENTS = {"introduced", "fixed", "last_affected", "limit"}
-_BASES = {"debian": "Debian", "ubuntu": "Ubuntu", "alpine": "Alpine", "pypi": "PyPI", "npm": "npm"}
-
-
-# --------------------------------------------------------------------------- naming rules
-
-
-def canonical_ecosystem(ecosystem: str) -> str:
-    """OSV's ecosystem spelling, release kept: ``debian:12`` -> ``Debian:12``, LTS tag dropped."""
-    base, sep, release = ecosystem.strip().partition(":")
-    base = _BASES.get(base.lower(), base)
-    if base == "Ubuntu" and release.endswith(":LTS"):
-        release = release[: -len(":LTS")]
-    return f"{base}{sep}{release}" if release else base
-
-
-def applicable_ecosystems(ecosystem: str) -> list[str]:
-    """Advisory ecosystems covering an inventory ecosystem: ``Debian:12`` -> also ``Debian``."""
-    eco = canonical_ecosystem(ecosystem)
-    base = eco.partition(":")[0]
-    return [eco, base] if base != eco else [eco]
-
-
-def ecosystem_applies(advisory_ecosystem: str, inventory_ecosystem: str) -> bool:
-    """True when an advisory's ecosystem covers a package of ``inventory_ecosystem``."""
-    return canonical_ecosystem(advisory_ecosystem) in applicable_ecosystems(inventory_ecosystem)
-
-
-def normalize_name(ecosystem: str, name: str) -> str:
-    """The package name used for matching: PEP 503 for PyPI, as is elsewhere."""
-    if canonical_ecosystem(ecosystem) == "PyPI":
-        return canonicalize_name(name)
-    return name.strip()
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _strs(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _range_problem(rng: Any) -> str | None:
-    if not isinstance(rng, dict) or rng.get("type") not in _RANGE_TYPES:
-        return "range type must be ECOSYSTEM, SEMVER or GIT"
-    if rng["type"] == "GIT" and not isinstance(rng.get("repo"), str):
-        return "GIT range without repo"
-    events = rng.get("events")
-    if not isinstance(events, list) or not events:
-        return "range without events"
-    for event in events:
-        if not isinstance(event, dict) or len(event) != 1:
-            return "an event must have exactly one key"
-        ((name, value),) = event.items()
-        if name not in _EVENTS or not isinstance(value, str) or not value:
-            return f"bad event {event!r}"
-    return None
-
-
-def validation_problem(record: Any) -> str | None:
-    """Why ``record`` is not a usable OSV record (the minimal schema), or None."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    for name in ("id", "modified"):
-        if not isinstance(record.get(name), str) or not record[name]:
-            return f"{name} missing or not a string"
-    for name in ("aliases", "related"):
-        if name in record and not _strs(record[name]):
-            return f"{name} must be a list of strings"
-    affected = record.get("affected", [])
-    if not isinstance(affected, list):
-        return "affected must be a list"
-    for entry in affected:
-        pkg = entry.get("package") if isinstance(entry, dict) else None
-        if not isinstance(pkg, dict) or not all(
-            isinstance(pkg.get(n), str) and pkg[n] for n in ("ecosystem", "name")
-        ):
-            return "affected[].package needs ecosystem and name"
-        if not isinstance(entry.get("ranges", []), list):
-            return "affected[].ranges must be a list"
-        if not _strs(entry.get("versions", [])):
-            return "affected[].versions must be a list of strings"
-        problem = next(filter(None, map(_range_problem, entry.get("ranges", []))), None)
-        if problem:
-            return problem
-    return None
-
-
-# --------------------------------------------------------------------------- reading files
-
-
-def osv_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The .json and .zip files an import would read; FileNotFoundError if there are none."""
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"no OSV database at {root}")
-    found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    files = [p for p in found if p.suffix in (".json", ".zip")]
-    if not files:
-        raise FileNotFoundError(f"no .json or .zip OSV files under {root}")
-    return files
-
-
-def iter_osv_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
-    """Yield ``(source, parsed JSON or None)`` for every .json file and zip member under path."""
-    for file in osv_files(path):
-        if file.suffix == ".json":
-            yield str(file), _load(file.read_bytes(), str(file), file.stat().st_size)
-        elif file.suffix == ".zip":
-            yield from _zip_documents(file)
-
-
-def _zip_documents(file: Path) -> Iterator[tuple[str, Any]]:
-    with zipfile.ZipFile(file) as zf:
-        for info in zf.infolist():
-            if info.is_dir() or not info.filename.endswith(".json"):
-                continue
-            source = f"{file}!{info.filename}"
-            if info.file_size > MAX_RECORD_BYTES:
-                yield source, None
-                continue
-            with zf.open(info) as fh:  # one member at a time, never extracted to disk
-                yield source, _load(fh.read(MAX_RECORD_BYTES + 1), source, info.file_size)
-
-
-def _load(raw: bytes, source: str, size: int) -> Any:
-    if size > MAX_RECORD_BYTES or len(raw) > MAX_RECORD_BYTES:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        log.debug("not JSON: %s", source)
-        return None
 
 
 # --------------------------------------------------------------------------- the store
@@ -197,13 +64,10 @@ class VulnDB:
         raw = cast(str | None, self.r.get(key("vulndb", "current")))
         return int(raw) if raw is not None else None
 
-    def import_path(self, path: str | os.PathLike[str]) -> ImportReport:
-        """Load a directory of OSV .json files and/or all.zip archives as the new database.
-
-        Raises FileNotFoundError (before touching Redis) when the path holds no OSV files,
-        so a wrong path never replaces the live database with an empty one.
-        """
-        osv_files(path)
+    def import_documents(self, documents: Iterable[tuple[str, Any]]) -> ImportReport:
+        """Load ``(source, parsed JSON or None)`` documents (service.scanner.osv_export's
+        `read_osv`) as the new database: each a record or a list of records; invalid ones
+        are skipped and counted."""
         generation = int(cast(int, self.r.incr(key("vulndb", "generation"))))
         self.r.sadd(key("vulndb", "generations"), generation)
         now = datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -211,7 +75,7 @@ class VulnDB:
         counts: Counter[str] = Counter()
         seen: set[str] = set()
         pipe = self.r.pipeline(transaction=False)
-        for n, (source, doc) in enumerate(iter_osv_documents(path), start=1):
+        for n, (source, doc) in enumerate(documents, start=1):
             for record in doc if isinstance(doc, list) else [doc]:
                 self._add(pipe, generation, source, record, report, counts, seen)
             if n % _BATCH == 0:

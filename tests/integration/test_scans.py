@@ -92,7 +92,7 @@ def test_scan_finds_exactly_the_expected_findings(stack: Stack, vulndb, tmp_path
     assert document["bomFormat"] == "CycloneDX"
     purls = {c.get("purl") for c in document["components"]}
     assert fixtures.EXPECTED_PURLS <= purls
-    from workers.scanner.sbom import validation_errors
+    from service.scanner.sbom import validation_errors
 
     assert validation_errors(document) is None
 

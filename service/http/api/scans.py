@@ -61,7 +61,7 @@ def get_sbom(scan_id: str) -> Any:
     """The scanned image's packages as a CycloneDX JSON SBOM."""
     from flask import Response
 
-    from workers.scanner.sbom_store import sbom_of
+    from service.scanner.sbom_store import sbom_of
 
     scan = svc().scans.get(scan_id)
     if scan is None:

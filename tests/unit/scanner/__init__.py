@@ -1,1 +1,1 @@
-"""Unit tests of the scanner engine (workers/scanner, service/store/vulndb.py)."""
+"""Unit tests of the scanner engine (service/scanner, service/store/vulndb.py)."""

@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from service.scanner.errors import ScanError
+from service.scanner.inventory import Inventory, inventory_of_streams
 from tests.helpers import oci
 from tests.unit.scanner import fixtures as fx
 from workers.scan import VerifiedBlob
-from workers.scanner.errors import ScanError
-from workers.scanner.inventory import Inventory, inventory_of_streams
 
 pytestmark = pytest.mark.unit
 

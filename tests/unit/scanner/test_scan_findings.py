@@ -9,12 +9,13 @@ from typing import Any
 import fakeredis
 import pytest
 
+from service.scanner.inventory import Inventory, build_inventory
+from service.scanner.layers import iter_layer_files
+from service.scanner.matching import match_inventory
+from service.scanner.osv_export import read_osv
 from service.store.vulndb import VulnDB
 from tests.helpers import oci
 from tests.unit.scanner import fixtures as fx
-from workers.scanner.inventory import Inventory, build_inventory
-from workers.scanner.layers import iter_layer_files
-from workers.scanner.matching import match_inventory
 
 pytestmark = pytest.mark.unit
 
@@ -30,7 +31,7 @@ def inventory(layers: list[oci.Layer]) -> Inventory:
 
 def vulndb(tmp_path: Path, records: list[dict[str, Any]]) -> VulnDB:
     db = VulnDB(fakeredis.FakeRedis(decode_responses=True))
-    db.import_path(fx.write_osv_dir(tmp_path / "osv", records))
+    db.import_documents(read_osv(fx.write_osv_dir(tmp_path / "osv", records)))
     return db
 
 
@@ -51,7 +52,7 @@ def test_alpine_image_exact_findings(tmp_path: Path) -> None:
 def test_same_findings_from_an_all_zip_import(tmp_path: Path) -> None:
     db = VulnDB(fakeredis.FakeRedis(decode_responses=True))
     members = {f"{r['id']}.json": r for r in fx.osv_fixture_records()}
-    db.import_path(fx.write_osv_zip(tmp_path / "all.zip", members))
+    db.import_documents(read_osv(fx.write_osv_zip(tmp_path / "all.zip", members)))
     assert findings(fx.vulnerable_image_layers(), db) == fx.EXPECTED_FINDINGS
 
 

@@ -10,19 +10,19 @@ from typing import Any
 import pytest
 import requests
 
+from service.scanner.errors import ScanError
+from service.scanner.harbor import (
+    SCAN_REQUEST_MIME_V1_0,
+    SCAN_REQUEST_MIME_V1_1,
+    HarborScannerClient,
+    findings_from_report,
+)
 from tests.helpers.harbor_double import (
     DOCKER_MANIFEST,
     NATIVE_REPORT_MIME,
     OCI_MANIFEST,
     VULN_REPORT_MIME,
     HarborDouble,
-)
-from workers.scanner.errors import ScanError
-from workers.scanner.harbor import (
-    SCAN_REQUEST_MIME_V1_0,
-    SCAN_REQUEST_MIME_V1_1,
-    HarborScannerClient,
-    findings_from_report,
 )
 
 pytestmark = pytest.mark.unit

@@ -6,11 +6,11 @@ import io
 
 import pytest
 
+from service.scanner.inventory import Inventory, build_inventory, inventory_of_streams
+from service.scanner.layers import iter_layer_files
+from service.scanner.parsers import classify, os_ecosystem
 from tests.helpers import oci
 from tests.unit.scanner import fixtures as fx
-from workers.scanner.inventory import Inventory, build_inventory, inventory_of_streams
-from workers.scanner.layers import iter_layer_files
-from workers.scanner.parsers import classify, os_ecosystem
 
 pytestmark = pytest.mark.unit
 

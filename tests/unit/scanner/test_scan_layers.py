@@ -12,9 +12,9 @@ import tracemalloc
 import pytest
 import zstandard
 
+from service.scanner.errors import FileTooLarge, ScanError
+from service.scanner.layers import iter_layer_files, normalize_path
 from tests.helpers import oci
-from workers.scanner.errors import FileTooLarge, ScanError
-from workers.scanner.layers import iter_layer_files, normalize_path
 
 pytestmark = pytest.mark.unit
 

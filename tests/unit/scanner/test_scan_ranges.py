@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from workers.scanner.matching import (
+from service.scanner.matching import (
     affected,
     cvss_severity,
     label_severity,

@@ -6,11 +6,11 @@ import io
 
 import pytest
 
+from service.scanner.inventory import Inventory, build_inventory
+from service.scanner.layers import iter_layer_files
+from service.scanner.sbom import cyclonedx_json, image_purl, validation_errors
 from tests.helpers import oci
 from tests.unit.scanner import fixtures as fx
-from workers.scanner.inventory import Inventory, build_inventory
-from workers.scanner.layers import iter_layer_files
-from workers.scanner.sbom import cyclonedx_json, image_purl, validation_errors
 
 pytestmark = pytest.mark.unit
 

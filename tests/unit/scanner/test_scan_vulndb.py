@@ -10,14 +10,15 @@ from typing import Any
 import fakeredis
 import pytest
 
-from service.store.vulndb import (
-    VulnDB,
+from service.domain.osv import (
     applicable_ecosystems,
     canonical_ecosystem,
     ecosystem_applies,
     normalize_name,
     validation_problem,
 )
+from service.scanner.osv_export import read_osv
+from service.store.vulndb import VulnDB
 from tests.unit.scanner import fixtures as fx
 
 pytestmark = pytest.mark.unit
@@ -58,7 +59,7 @@ def record(id_: str, ecosystem: str = "PyPI", name: str = "pkg", **extra: Any) -
 
 def test_import_directory(db: VulnDB, tmp_path: Path) -> None:
     fx.write_osv_dir(tmp_path / "osv", fx.osv_fixture_records())
-    report = db.import_path(tmp_path / "osv")
+    report = db.import_documents(read_osv(tmp_path / "osv"))
     assert (report.version, report.records, report.skipped, report.withdrawn) == (1, 10, 0, 0)
     assert report.ecosystems == FIXTURE_ECOSYSTEMS
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", report.loaded_at)
@@ -104,7 +105,7 @@ def test_import_zip_member_by_member_with_invalid_records_counted(
         }
     )
     zip_path = fx.write_osv_zip(tmp_path / "PyPI" / "all.zip", members)
-    report = db.import_path(zip_path)
+    report = db.import_documents(read_osv(zip_path))
     assert (report.records, report.skipped) == (10, 5)
     assert report.ecosystems == FIXTURE_ECOSYSTEMS
     assert any("bad-event.json: an event must have exactly one key" in e for e in report.errors)
@@ -118,7 +119,7 @@ def test_directory_with_zips_and_json_files_and_withdrawn(db: VulnDB, tmp_path: 
     (tmp_path / "extra" / "W.json").write_text(
         json.dumps(record("W", "npm", "b", withdrawn="2026-01-02T00:00:00Z"))
     )
-    report = db.import_path(tmp_path)
+    report = db.import_documents(read_osv(tmp_path))
     assert (report.records, report.withdrawn, report.ecosystems) == (
         2,
         1,
@@ -187,7 +188,7 @@ def test_validation_problem(rec: Any, problem: str | None) -> None:
 
 
 def test_lookup_is_per_ecosystem_release_and_source_name(db: VulnDB, tmp_path: Path) -> None:
-    db.import_path(fx.write_osv_dir(tmp_path, fx.osv_fixture_records()))
+    db.import_documents(read_osv(fx.write_osv_dir(tmp_path, fx.osv_fixture_records())))
     assert [a["id"] for a in db.advisories_for("Debian:12", "openssl")] == ["DEBIAN-CVE-2023-5678"]
     assert [a["id"] for a in db.advisories_for("Debian:11", "openssl")] == ["DEBIAN-CVE-2023-0001"]
     assert [a["id"] for a in db.advisories_for("Debian:12", "zlib")] == ["DEBIAN-CVE-2022-37434"]
@@ -210,7 +211,7 @@ def test_a_multi_package_record_is_narrowed_to_the_looked_up_package(
     rec["affected"].append(
         {"package": {"ecosystem": "PyPI", "name": "Other_Pkg"}, "versions": ["1.0"]}
     )
-    db.import_path(fx.write_osv_dir(tmp_path, [rec]))
+    db.import_documents(read_osv(fx.write_osv_dir(tmp_path, [rec])))
     (adv,) = db.advisories_for("PyPI", "other.pkg")
     assert adv["affected"] == [rec["affected"][1]]
 
@@ -221,7 +222,7 @@ def test_every_key_is_prefixed_and_reimport_replaces_and_drops_old_generations(
     redis_client.set("unrelated", "1")
     for n in range(1, 4):
         d = fx.write_osv_dir(tmp_path / str(n), [record(f"GEN-{n}", name=f"only-{n}")])
-        assert db.import_path(d).version == n
+        assert db.import_documents(read_osv(d)).version == n
     keys = set(redis_client.keys("*")) - {"unrelated"}
     assert keys and all(k.startswith("tw:vulndb:") for k in keys)
     generations = {m[1] for k in keys if (m := re.match(r"tw:vulndb:(g\d+):", k))}
@@ -236,11 +237,11 @@ def test_every_key_is_prefixed_and_reimport_replaces_and_drops_old_generations(
 def test_a_path_without_osv_files_is_refused_and_the_live_db_kept(
     db: VulnDB, tmp_path: Path, where: str
 ) -> None:
-    db.import_path(fx.write_osv_dir(tmp_path / "good", [record("KEEP")]))
+    db.import_documents(read_osv(fx.write_osv_dir(tmp_path / "good", [record("KEEP")])))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no records here")
     with pytest.raises(FileNotFoundError, match="OSV"):
-        db.import_path(tmp_path / where)
+        db.import_documents(read_osv(tmp_path / where))
     assert (db.info()["version"], db.info()["records"]) == (1, 1)
 
 

@@ -6,6 +6,6 @@ Pure library code (no RQ, no Flask): `layers.iter_layer_files` streams a layer,
 `sbom.cyclonedx_json` renders the inventory as CycloneDX.
 """
 
-from workers.scanner.errors import FileTooLarge, ScanError
+from service.scanner.errors import FileTooLarge, ScanError
 
 __all__ = ["FileTooLarge", "ScanError"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from workers.scanner.errors import ScanError
+from service.scanner.errors import ScanError
 
 API_PREFIX = "/api/v1"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers.scanner.inventory import Inventory, OsRelease, Package
-from workers.scanner.sbom import cyclonedx_json
+from service.scanner.inventory import Inventory, OsRelease, Package
+from service.scanner.sbom import cyclonedx_json
 
 
 def inventory_from_dict(data: dict[str, Any]) -> Inventory:

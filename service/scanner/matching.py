@@ -17,8 +17,9 @@ from univers.versions import (
     Version,
 )
 
-from service.store.vulndb import VulnDB, canonical_ecosystem, ecosystem_applies, normalize_name
-from workers.scanner.inventory import Inventory, Package
+from service.domain.osv import canonical_ecosystem, ecosystem_applies, normalize_name
+from service.scanner.inventory import Inventory, Package
+from service.store.vulndb import VulnDB
 
 SEVERITIES = ("critical", "high", "medium", "low", "unknown")
 _ORDERINGS: dict[str, type[Version]] = {

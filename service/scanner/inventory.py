@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from packageurl import PackageURL
 from packaging.utils import canonicalize_name
 
-from workers.scanner.errors import FileTooLarge
-from workers.scanner.layers import LayerEntry, Readable, ReadFn, iter_layer_files
-from workers.scanner.parsers import OS_RELEASE_PATHS, Parsed, Record, classify, os_ecosystem, parse
+from service.scanner.errors import FileTooLarge
+from service.scanner.layers import LayerEntry, Readable, ReadFn, iter_layer_files
+from service.scanner.parsers import OS_RELEASE_PATHS, Parsed, Record, classify, os_ecosystem, parse
 
 log = logging.getLogger(__name__)
 

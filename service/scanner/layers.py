@@ -12,7 +12,7 @@ from typing import Any, Protocol, Self, cast
 
 import zstandard
 
-from workers.scanner.errors import FileTooLarge, ScanError
+from service.scanner.errors import FileTooLarge, ScanError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-from workers.scanner.inventory import Inventory, Package
+from service.scanner.inventory import Inventory, Package
 
 SCHEMA_VERSION = SchemaVersion.V1_6
 _TOOL = "tagwarden"
