@@ -188,7 +188,7 @@ def policy_eval(cfg: Config) -> Row:
     """`service.domain.policy.evaluate_push` alone, in this process: p95 over a mix of tags
     (semver, git-sha, latest, other, environment, denied), default and a regex policy."""
     from service.domain.policy import DEFAULT_POLICY, evaluate_push
-    from service.http.schemas.policy import load_policy
+    from service.domain.schemas.policy import load_policy
 
     custom = load_policy({
         "name": "bench-eval", "repositories": ["team/*"],

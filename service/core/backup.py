@@ -24,9 +24,9 @@ from marshmallow import ValidationError
 
 from service.domain.durations import format_time
 from service.domain.errors import Conflict, InvalidRequest
-from service.http.schemas.backup import LINE_SCHEMAS, ORDER, VERSION
-from service.http.schemas.common import flatten_errors
-from service.http.schemas.policy import load_policy
+from service.domain.schemas.backup import LINE_SCHEMAS, ORDER, VERSION
+from service.domain.schemas.base import flatten_errors
+from service.domain.schemas.policy import load_policy
 from service.services import Services
 from service.store.backup import BackupReader, Cut, RestoreWriter
 

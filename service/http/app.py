@@ -12,11 +12,11 @@ from flask_smorest import Api, Blueprint
 
 from service.config import ConfigError, Settings
 from service.domain.errors import InvalidRequest
+from service.domain.schemas.policy import load_policy_file
 from service.http import durability, openapi, security
 from service.http.errors import register_error_handlers
 from service.http.health import bp as health_bp
 from service.http.request_log import configure as configure_request_log
-from service.http.schemas.policy import load_policy_file
 from service.http.v2 import proxy
 from service.http.webhook_fastpath import WebhookFastPath
 from service.obs import metrics

@@ -8,7 +8,7 @@ import threading
 import redis
 
 from service.domain.policy import Policy
-from service.http.schemas.policy import dump_policy, load_policy
+from service.domain.schemas.policy import dump_policy, load_policy
 from service.store import key
 
 

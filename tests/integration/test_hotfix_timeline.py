@@ -152,7 +152,7 @@ def test_latest_and_the_severity_gate_are_never_bypassed(stack: Stack, world: di
 
 
 def test_a_policy_cannot_make_latest_or_scan_bypassable():
-    from service.http.schemas.policy import load_policy
+    from service.domain.schemas.policy import load_policy
 
     for bad in ("latest", "scan", "severity", "nonsense"):
         policy = {**POLICY, "promotion": {"production": {"hotfix": {

@@ -17,7 +17,7 @@ from service.domain.gates import (
     evaluate_rollback,
 )
 from service.domain.policy_model import ApprovalGate, Gate, Policy, VerifiedGate
-from service.http.schemas.policy import dump_policy, load_policy
+from service.domain.schemas.policy import dump_policy, load_policy
 from service.store.approvals import ApprovalStore
 from service.store.verifications import VerificationStore
 

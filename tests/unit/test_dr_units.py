@@ -11,7 +11,7 @@ from service.core.backup import _Validator
 from service.core.timeline import decode_cursor, encode_cursor
 from service.domain.errors import InvalidRequest
 from service.domain.gates import PromotionContext, evaluate_hotfix
-from service.http.schemas.policy import load_policy
+from service.domain.schemas.policy import load_policy
 
 NOW = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
 DIGEST = "sha256:" + "a" * 64

@@ -13,7 +13,7 @@ from service.domain.policy import (
     PushRules,
     ScanGate,
 )
-from service.http.schemas.policy import (
+from service.domain.schemas.policy import (
     PolicySchema,
     dump_policy,
     flatten_errors,

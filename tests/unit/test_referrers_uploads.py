@@ -15,7 +15,7 @@ from service.domain.errors import InvalidRequest
 from service.domain.gates import PromotionContext, evaluate_promotion
 from service.domain.policy_model import DEFAULT_POLICY, Gate, ReferrerRequirement
 from service.domain.referrers import OCI_INDEX, OCI_MANIFEST, referrer_of, referrers_index
-from service.http.schemas.policy import dump_policy, load_policy
+from service.domain.schemas.policy import dump_policy, load_policy
 from service.store.referrers import ReferrerIndex
 from service.store.uploads import UploadSessions
 

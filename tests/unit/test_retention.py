@@ -17,7 +17,7 @@ from service.core import retention
 from service.domain.errors import InvalidRequest
 from service.domain.policy_model import Policy, Retention
 from service.domain.retention import RepositorySnapshot, age_text, parents_first, select
-from service.http.schemas.policy import dump_policy, load_policy
+from service.domain.schemas.policy import dump_policy, load_policy
 from service.registry.client import Manifest, sha256_digest
 from service.store.approvals import ApprovalStore
 from service.store.bindings import TagBindings

@@ -8,9 +8,9 @@ from flask import Response, g, request, stream_with_context
 from flask_smorest import Blueprint
 
 from service.core import backup
+from service.domain.schemas.backup import RestoreQueryArgsSchema, RestoreResultSchema
 from service.http.api import svc
 from service.http.gunicorn_worker import lift_deadline
-from service.http.schemas.backup import RestoreQueryArgsSchema, RestoreResultSchema
 
 blp = Blueprint("backup", __name__, url_prefix="/api/v1",
                 description="Backups and restores of the governance state")

@@ -11,9 +11,9 @@ from marshmallow import fields, validate
 from service.core import dryrun
 from service.domain.errors import InvalidRequest, NotFound
 from service.domain.policy import DEFAULT_POLICY, Policy
+from service.domain.schemas.policy import PolicySchema
 from service.http.api import svc
 from service.http.schemas.common import DecisionSchema, StrictSchema, page_of
-from service.http.schemas.policy import PolicySchema
 
 blp = Blueprint("policies", __name__, url_prefix="/api/v1/policies",
                 description="Tag and promotion policies")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from service.domain.schemas.base import DIGEST
 from service.domain.tags import REPOSITORY_GRAMMAR, valid_repository
 from service.http.schemas.common import (
     PageQueryArgsSchema,
@@ -13,7 +14,6 @@ from service.http.schemas.common import (
     utc_representable,
 )
 
-DIGEST = validate.Regexp(r"^sha256:[0-9a-f]{64}$", error="must be sha256:<64 hex>")
 REPOSITORY = validate.Length(min=1, max=255)
 AT_FORMAT = "must be RFC 3339 with a time zone, e.g. 2026-11-24T03:12:00Z"
 

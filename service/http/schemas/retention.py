@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from service.domain.schemas.policy import StrictBoolean, _check_glob
 from service.http.schemas.common import StrictSchema
-from service.http.schemas.policy import StrictBoolean, _check_glob
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 

@@ -42,8 +42,8 @@ from service.domain.policy_model import (
     VerifiedGate,
 )
 from service.domain.referrers import MEDIA_TYPE_RE
+from service.domain.schemas.base import flatten_errors, utc_representable
 from service.domain.tags import ENVIRONMENT, LATEST, is_git_sha, is_semver, validate_spec
-from service.http.schemas.common import flatten_errors, utc_representable
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _NAME_RULE = "1-63 of a-z 0-9 . _ - starting with a letter or digit"
@@ -102,9 +102,10 @@ class StrictBoolean(fields.Boolean):
 
 
 class Duration(fields.String):
-    """A duration like `30m` or `1h30m`, loaded as seconds."""
+    """A duration like `30m` or `1h30m`, loaded as seconds (documented as a string)."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+    def _deserialize(  # type: ignore[override]  # loads a string as seconds
+            self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if not isinstance(value, str):
             raise ValidationError("must be a duration string such as 30m, 2h, 1d or 1h30m")
         try:
@@ -462,14 +463,16 @@ def _gate_order_errors(env: str, gate: Mapping, envs: list[str]) -> dict[str, li
 def load_policy(data: Any) -> Policy:
     """Validate API.md's policy JSON into a Policy; InvalidRequest naming each bad field."""
     try:
-        return PolicySchema().load(data)
+        policy: Policy = PolicySchema().load(data)
+        return policy
     except ValidationError as exc:
         raise InvalidRequest("invalid policy", errors=flatten_errors(exc.messages)) from None
 
 
 def dump_policy(policy: Policy) -> dict[str, Any]:
     """The API.md JSON shape of a policy (durations in canonical form, e.g. `1h30m`)."""
-    return PolicySchema().dump(policy)
+    dumped: dict[str, Any] = PolicySchema().dump(policy)
+    return dumped
 
 
 def load_policy_file(path: str | Path) -> list[Policy]:

@@ -11,9 +11,8 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from service.domain.schemas.base import DIGEST, StrictSchema
 from service.domain.tags import valid_repository, valid_tag
-from service.http.schemas.common import StrictSchema
-from service.http.schemas.promotions import DIGEST
 
 VERSION = 1
 KINDS = ("header", "policy", "token", "subscription", "promotion", "pointer", "binding",

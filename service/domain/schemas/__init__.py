@@ -1,0 +1,1 @@
+"""Document schemas below HTTP: the policy document and backup lines (marshmallow, no Flask)."""
