@@ -28,7 +28,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates
 
+from service.domain.schemas.base import flatten_errors
 from service.scanner.errors import ScanError
 
 API_PREFIX = "/api/v1"
@@ -378,48 +380,86 @@ def _error_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace").strip()
 
 
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+class _Capability(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    consumes_mime_types = fields.List(fields.String(), required=True)
+    produces_mime_types = fields.List(fields.String(), required=True)
+
+
+class MetadataSchema(Schema):
+    """The adapter's `/metadata` answer, as far as the client reads it."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    error_messages = {"type": "is not a JSON object"}  # noqa: RUF012 - marshmallow's API
+    scanner = fields.Dict(required=True, error_messages={"required": "has no scanner object"})
+    capabilities = fields.List(fields.Nested(_Capability), required=True,
+                               error_messages={"required": "has no capabilities list"})
+    properties = fields.Dict(allow_none=True)
+
+
+class _Vulnerability(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    error_messages = {"type": "is not an object"}  # noqa: RUF012 - marshmallow's API
+    id = fields.String(required=True, validate=validate.Length(min=1, error="has no id"),
+                       error_messages={"required": "has no id", "invalid": "has no id",
+                                       "null": "has no id"})
+    package = fields.String(required=True,
+                            validate=validate.Length(min=1, error="has no package"),
+                            error_messages={"required": "has no package",
+                                            "invalid": "has no package",
+                                            "null": "has no package"})
+    version = fields.String(allow_none=True, error_messages={"invalid": "has a bad version"})
+    fix_version = fields.String(allow_none=True,
+                                error_messages={"invalid": "has a bad fix_version"})
+    links = fields.List(fields.String(error_messages={"invalid": "has bad links"}),
+                        allow_none=True, error_messages={"invalid": "has bad links"})
+    severity = fields.Raw(allow_none=True)
+
+    @validates("severity")
+    def _severity(self, value: Any, **_: Any) -> None:
+        try:
+            map_severity(value)
+        except ScanError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class ReportSchema(Schema):
+    """A HarborVulnerabilityReport, as far as findings are built from it (harbor-scanner-trivy
+    omits an empty vulnerabilities list)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    error_messages = {"type": "is not a JSON object"}  # noqa: RUF012 - marshmallow's API
+    vulnerabilities = fields.List(
+        fields.Nested(_Vulnerability),
+        allow_none=True, error_messages={"invalid": "is not a list"})
+
+
+_METADATA = MetadataSchema()
+_REPORT = ReportSchema()
+
+
+def _checked(schema: Schema, document: Any, what: str) -> None:
+    """ScanError naming every problem of the adapter's document (fields as dotted paths)."""
+    errors = schema.validate(document) if isinstance(document, Mapping) else {
+        "_schema": ["is not a JSON object"]}
+    if errors:
+        problems = "; ".join(f"{path}: {', '.join(messages)}" if path != "_schema"
+                             else ", ".join(messages)
+                             for path, messages in flatten_errors(errors).items())
+        raise ScanError(f"scanner adapter {what} {problems}"[:500])
 
 
 def _check_metadata(meta: Any) -> None:
-    if not isinstance(meta, dict):
-        raise ScanError("scanner adapter metadata is not a JSON object")
-    if not isinstance(meta.get("scanner"), dict):
-        raise ScanError("scanner adapter metadata has no scanner object")
-    caps = meta.get("capabilities")
-    if not isinstance(caps, list):
-        raise ScanError("scanner adapter metadata has no capabilities list")
-    for cap in caps:
-        if not (
-            isinstance(cap, dict)
-            and _is_str_list(cap.get("consumes_mime_types"))
-            and _is_str_list(cap.get("produces_mime_types"))
-        ):
-            raise ScanError(f"scanner adapter metadata has a malformed capability: {cap!r:.200}")
-    props = meta.get("properties")
-    if props is not None and not isinstance(props, dict):
-        raise ScanError("scanner adapter metadata properties is not an object")
+    _checked(_METADATA, meta, "metadata")
 
 
 def _check_report(report: Any) -> None:
-    if not isinstance(report, dict):
-        raise ScanError("scanner adapter report is not a JSON object")
-    vulns = report.get("vulnerabilities")
-    if vulns is None:  # harbor-scanner-trivy omits an empty list
-        return
-    if not isinstance(vulns, list):
-        raise ScanError("scanner adapter report's vulnerabilities is not a list")
-    for i, v in enumerate(vulns):
-        if not isinstance(v, dict):
-            raise ScanError(f"scanner adapter report's vulnerability #{i} is not an object")
-        for key in ("id", "package"):
-            if not isinstance(v.get(key), str) or not v[key]:
-                raise ScanError(f"scanner adapter report's vulnerability #{i} has no {key}")
-        for key in ("version", "fix_version"):
-            if v.get(key) is not None and not isinstance(v[key], str):
-                raise ScanError(f"scanner adapter report's vulnerability #{i} has a bad {key}")
-        links = v.get("links")
-        if links is not None and not _is_str_list(links):
-            raise ScanError(f"scanner adapter report's vulnerability #{i} has bad links")
-        map_severity(v.get("severity"))
+    _checked(_REPORT, report, "report")
