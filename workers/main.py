@@ -8,6 +8,7 @@ import time
 
 from redis.exceptions import RedisError
 from rq import Queue, Worker
+from rq.exceptions import StopRequested
 
 from service.config import Settings
 from service.core.jobs import enqueue_backup, enqueue_reconcile, enqueue_retention_tick
@@ -88,15 +89,24 @@ def run_worker(burst: bool = False) -> bool:
         except RedisError as exc:  # Redis away at the start, or in RQ's own teardown
             log.warning("worker ended on a Redis error (%s)", type(exc).__name__)
             worked = False
-        if burst or (worker is not None and worker._stop_requested):
+        if burst or (worker is not None and stop_requested(worker)):
             return worked
         # RQ gives up on any error while a job runs (a failover drops the connection
         # under the heartbeat): take a new worker in this process; the job it was running
         # is found abandoned and retried by the maintenance of whichever worker comes next
         log.warning("worker stopped on a lost Redis connection; starting a new one")
-        time.sleep(RESTART_PAUSE)
-        if worker is not None:
-            release_scheduler_lock(worker, log)
+        try:
+            time.sleep(RESTART_PAUSE)
+            if worker is not None:
+                release_scheduler_lock(worker, log)
+        except StopRequested:  # SIGTERM meanwhile, through the lost worker's handler
+            return worked
+
+
+def stop_requested(worker: Worker) -> bool:
+    """Did a signal ask this worker to stop (RQ marks an idle worker's warm shutdown only by
+    its date, a busy one's by the flag)?"""
+    return bool(worker._stop_requested or worker._shutdown_requested_date is not None)
 
 
 def release_scheduler_lock(worker: Worker, log: logging.Logger) -> None:
