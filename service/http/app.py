@@ -13,7 +13,7 @@ from flask_smorest import Api, Blueprint
 from service.config import ConfigError, Settings
 from service.domain.errors import InvalidRequest
 from service.domain.schemas.policy import load_policy_file
-from service.http import durability, openapi, security
+from service.http import durability, metrics_hooks, openapi, security
 from service.http.errors import register_error_handlers
 from service.http.health import bp as health_bp
 from service.http.request_log import configure as configure_request_log
@@ -116,7 +116,7 @@ def create_app(config: Any = None) -> Flask:
     for blueprint in api_blueprints():
         api.register_blueprint(blueprint)
     openapi.install(app, svc)
-    metrics.install(app, svc)
+    metrics_hooks.install(app, svc)
     durability.install(app, svc)
     svc.pulls.on_drop = metrics.pull_event_dropped
     app.wsgi_app = WebhookFastPath(app.wsgi_app, svc)  # type: ignore[method-assign]
