@@ -1,5 +1,5 @@
 """Request metrics from the Flask side: counting and timing every request, the bytes through
-the /v2 proxy, promotion outcomes, and GET /metrics.
+the /v2 proxy, promotion outcomes (from the route's `metric` label), and GET /metrics.
 
 The metric objects and the scrape are service/obs/metrics.py (no Flask there: the workers
 record metrics too).
@@ -11,13 +11,12 @@ import time
 
 from flask import Flask, Response, request
 
+from service.http.api import meta as api_meta
 from service.http.bodies import peek_json
 from service.obs import metrics
 from service.services import Services
 
 START_KEY = "tagwarden.metrics_start"
-PROMOTION_ENDPOINTS = {"promotions.create_promotion": "promotion",
-                       "promotions.create_rollback": "rollback"}
 
 
 def _is_proxy() -> bool:
@@ -41,11 +40,11 @@ def _finish(resp: Response) -> Response:
         resp.response = metrics.CountingBody(resp.response)
     elif _is_proxy() and resp.is_sequence:
         metrics.proxy_bytes_out(sum(len(chunk) for chunk in resp.response))
-    kind = PROMOTION_ENDPOINTS.get(request.endpoint or "")
-    if kind is not None:
+    meta = api_meta.current()
+    if meta is not None and meta.metric is not None:
         body = peek_json()
         env = body.get("environment") if isinstance(body, dict) else None
-        metrics.promotion(kind, env if isinstance(env, str) else None,
+        metrics.promotion(meta.metric, env if isinstance(env, str) else None,
                           metrics.promotion_outcome(resp.status_code))
     return resp
 
