@@ -175,7 +175,7 @@ def registry_access(method: str, route: V2Route, query: dict[str, str]
     source = query.get("from")
     if query.get("mount") and source:
         if not valid_repository(source):
-            raise BadRoute(400, "NAME_INVALID", "invalid mount source", {"from": source})
+            raise BadRoute("NAME_INVALID", "invalid mount source", {"from": source})
         needs.append(("pull", source))
     return needs
 

@@ -189,7 +189,7 @@ def _registry_refusal(svc: Services, principal: auth.Principal | None, route: ro
     except Exception:  # noqa: BLE001 - logged; the refusal stands
         log.exception("could not write audit entry for a refused %s", action)
     if method == "HEAD" and route.kind == "blob" and principal is not None:
-        return routes.BadRoute(404, "BLOB_UNKNOWN", "blob unknown to registry",
+        return routes.BadRoute("BLOB_UNKNOWN", "blob unknown to registry",
                                {"digest": route.ref})
     text = exc.message.replace('"', "'").encode("ascii", "replace").decode()
     return Forbidden(exc.message, headers={"WWW-Authenticate": (
