@@ -135,39 +135,11 @@ def holds_no_credentials(header: str | None) -> bool:
 
 
 # -- the management API ---------------------------------------------------------------------
-# endpoint → (role needed, what the body/query scopes). Anything not listed: admin to write,
-# reader to read.
-API_RULES: dict[str, tuple[str, str]] = {
-    "policies.evaluate": ("reader", "repository"),
-    "policies.put_policy": ("admin", ""),
-    "policies.delete_policy": ("admin", ""),
-    "promotions.create_promotion": ("ci", "repository+environment"),
-    "promotions.create_rollback": ("ci", "repository+environment"),
-    "scans.create_scan": ("ci", "repository"),
-    "tokens.list_tokens": ("admin", ""),
-    "tokens.create_token": ("admin", ""),
-    "tokens.delete_token": ("admin", ""),
-    "events.create_subscription": ("admin", ""),
-    "events.delete_subscription": ("admin", ""),
-    "events.redeliver": ("admin", ""),
-    "scans.import_vulndb": ("admin", ""),
-    # who may approve is the policy's approvals gate (role:, token:, glob:), not the role;
-    # withdrawing is the approver's or an admin's (both decided in service/core/approvals.py)
-    "approvals.create_approval": ("reader", "repository"),
-    "approvals.withdraw_approval": ("reader", ""),
-    "approvals.create_verification": ("ci", "repository+environment"),
-    "retention.create_run": ("admin", "repository"),
-    "backup.get_backup": ("admin", ""),
-    "backup.restore": ("admin", ""),
-    "timeline.get_timeline": ("reader", "repository"),
-}
-
-
-def authorize_api(principal: Principal, endpoint: str | None, method: str,
-                  body: Any, query: dict[str, str]) -> None:
-    """403 naming what is missing when the principal may not make this call."""
-    default = "reader" if method in ("GET", "HEAD") else "admin"
-    role, scope = API_RULES.get(endpoint or "", (default, "repository"))
+def authorize_api(principal: Principal, role: str, scope: str, body: Any,
+                  query: dict[str, str]) -> None:
+    """403 naming what is missing when the principal may not make a call that needs `role`
+    and scopes what `scope` names (`repository`, `repository+environment`, or "") of the
+    body or query (the HTTP layer reads both from the route's metadata)."""
     if not principal.at_least(role):
         raise Forbidden(f"this call needs the {role!r} role; token {principal.name!r} is "
                         f"{principal.role!r}")
@@ -203,7 +175,7 @@ def registry_access(method: str, route: V2Route, query: dict[str, str]
     source = query.get("from")
     if query.get("mount") and source:
         if not valid_repository(source):
-            raise BadRoute(400, "NAME_INVALID", "invalid mount source", {"from": source})
+            raise BadRoute("NAME_INVALID", "invalid mount source", {"from": source})
         needs.append(("pull", source))
     return needs
 

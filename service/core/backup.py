@@ -36,10 +36,7 @@ SPOOL_CHUNK = 1024 * 1024
 
 
 class PayloadTooLarge(InvalidRequest):
-    """A restore stream over TAGWARDEN_RESTORE_MAX_BYTES (413)."""
-
-    status = 413
-    code = "payload_too_large"
+    """A restore stream over TAGWARDEN_RESTORE_MAX_BYTES."""
 
 
 def _line(kind: str, **fields: Any) -> bytes:

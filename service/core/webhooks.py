@@ -18,17 +18,11 @@ CONTENT_TYPES = ("application/vnd.docker.distribution.events.v1+json", "applicat
 
 
 class PayloadTooLarge(DomainError):
-    """A body over the receiver's limit (413)."""
-
-    code = "payload_too_large"
-    status = 413
+    """A body over the receiver's limit."""
 
 
 class UnsupportedMediaType(DomainError):
-    """Not the registry's envelope media type (415)."""
-
-    code = "unsupported_media_type"
-    status = 415
+    """Not the registry's envelope media type."""
 
 
 def authenticate(svc: Services, header: str | None) -> None:

@@ -1,4 +1,9 @@
-"""Domain exceptions; `service.http.errors.register_error_handlers` maps them to HTTP."""
+"""Domain exceptions: what went wrong, never how HTTP says it.
+
+`service.http.errors` holds the one table that maps each of them (by type, and by the
+attributes that carry meaning, such as `RegistryUnavailable.reachable`) to a status and to the
+error envelope's code; a unit test fails on a subclass that table does not name.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ from typing import Any
 class DomainError(Exception):
     """Base of every error the domain raises on purpose."""
 
-    code = "invalid_request"
-
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
@@ -17,9 +20,7 @@ class DomainError(Exception):
 
 
 class InvalidRequest(DomainError):
-    """Input that is well-formed JSON but breaks a rule (400/422)."""
-
-    code = "invalid_request"
+    """Input that is well-formed but breaks a rule; `errors` names the fields."""
 
     def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
         super().__init__(message)
@@ -27,33 +28,31 @@ class InvalidRequest(DomainError):
 
 
 class Unprocessable(InvalidRequest):
-    """Semantically invalid input (422), e.g. an unknown environment."""
+    """Semantically invalid input, e.g. an unknown environment."""
 
 
 class NotFound(DomainError):
-    code = "not_found"
+    """The named thing does not exist (or the caller may not see it)."""
 
 
 class Conflict(DomainError):
-    code = "conflict"
+    """The current state does not allow this now."""
 
 
 class IdempotencyMismatch(DomainError):
-    code = "idempotency_mismatch"
+    """An Idempotency-Key reused with another body."""
 
 
 class Unauthorized(DomainError):
-    code = "unauthorized"
+    """No caller could be authenticated."""
 
 
 class Forbidden(DomainError):
-    code = "forbidden"
+    """The caller is known and may not do this."""
 
 
 class PolicyDenied(DomainError):
     """A decision said no; carries the violations."""
-
-    code = "policy_denied"
 
     def __init__(self, message: str, decision: Any) -> None:
         super().__init__(message)
@@ -61,19 +60,15 @@ class PolicyDenied(DomainError):
 
 
 class RegistryUnavailable(DomainError):
-    """502 when the registry answered wrongly, 503 when it could not be reached at all."""
-
-    code = "registry_unavailable"
+    """The registry answered wrongly (`reachable`), or could not be reached at all."""
 
     def __init__(self, message: str, reachable: bool = True) -> None:
         super().__init__(message)
-        self.status = 502 if reachable else 503
+        self.reachable = reachable
 
 
 class Busy(DomainError):
     """This process is at a concurrency bound (uploads, manifest memory): retry shortly."""
-
-    code = "busy"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
@@ -81,4 +76,4 @@ class Busy(DomainError):
 
 
 class StoreUnavailable(DomainError):
-    code = "store_unavailable"
+    """The state store (Redis) cannot be used now."""

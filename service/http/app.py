@@ -13,7 +13,8 @@ from flask_smorest import Api, Blueprint
 from service.config import ConfigError, Settings
 from service.domain.errors import InvalidRequest
 from service.domain.schemas.policy import load_policy_file
-from service.http import durability, openapi, security
+from service.http import durability, metrics_hooks, openapi, security
+from service.http.api import meta as api_meta
 from service.http.errors import register_error_handlers
 from service.http.health import bp as health_bp
 from service.http.request_log import configure as configure_request_log
@@ -115,8 +116,9 @@ def create_app(config: Any = None) -> Flask:
     app.register_blueprint(proxy.bp)
     for blueprint in api_blueprints():
         api.register_blueprint(blueprint)
+    api_meta.install(app)  # every /api/v1 route's metadata; fails on a route without any
     openapi.install(app, svc)
-    metrics.install(app, svc)
+    metrics_hooks.install(app, svc)
     durability.install(app, svc)
     svc.pulls.on_drop = metrics.pull_event_dropped
     app.wsgi_app = WebhookFastPath(app.wsgi_app, svc)  # type: ignore[method-assign]

@@ -3,31 +3,50 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from service.core import backup, webhooks
 from service.domain import errors as domain
 from service.http.schemas.common import flatten_errors
+from service.http.security import RateLimited
 from service.http.v2.forwarding import registry_error
+from service.registry.routes import BadRoute
 from service.store import NotReplicated
 
 log = logging.getLogger("tagwarden.errors")
 
-STATUS: dict[type, int] = {
-    domain.Unprocessable: 422,
-    domain.InvalidRequest: 400,
-    domain.NotFound: 404,
-    domain.Conflict: 409,
-    domain.IdempotencyMismatch: 422,
-    domain.Unauthorized: 401,
-    domain.Forbidden: 403,
-    domain.PolicyDenied: 403,
-    domain.RegistryUnavailable: 502,
-    domain.StoreUnavailable: 503,
-    domain.Busy: 429,
+# the registry protocol's codes of a missing thing (its 404s)
+UNKNOWN_CODES = frozenset({"NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN",
+                           "BLOB_UPLOAD_UNKNOWN"})
+# The one table: exception → (status, the /api/v1 envelope's code). The most specific class of
+# the exception found here decides; a status given as a function reads the attributes that
+# carry meaning. A unit test fails on a DomainError subclass missing here.
+Status = int | Callable[[Any], int]
+ERRORS: dict[type[Exception], tuple[Status, str]] = {
+    domain.DomainError: (400, "invalid_request"),
+    domain.InvalidRequest: (400, "invalid_request"),
+    domain.Unprocessable: (422, "invalid_request"),
+    domain.NotFound: (404, "not_found"),
+    domain.Conflict: (409, "conflict"),
+    domain.IdempotencyMismatch: (422, "idempotency_mismatch"),
+    domain.Unauthorized: (401, "unauthorized"),
+    domain.Forbidden: (403, "forbidden"),
+    domain.PolicyDenied: (403, "policy_denied"),
+    domain.RegistryUnavailable: (lambda exc: 502 if exc.reachable else 503,
+                                 "registry_unavailable"),
+    domain.Busy: (429, "busy"),
+    domain.StoreUnavailable: (503, "store_unavailable"),
+    BadRoute: (lambda exc: 404 if exc.registry_code in UNKNOWN_CODES else 400,
+               "invalid_request"),
+    RateLimited: (429, "rate_limited"),
+    backup.PayloadTooLarge: (413, "payload_too_large"),
+    webhooks.PayloadTooLarge: (413, "payload_too_large"),
+    webhooks.UnsupportedMediaType: (415, "unsupported_media_type"),
 }
 HTTP_CODES = {
     400: "invalid_request",
@@ -58,13 +77,11 @@ REGISTRY_CODES = {
 }
 
 
-def _status_of(exc: domain.DomainError) -> int:
-    if getattr(exc, "status", None):
-        return int(exc.status)
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 400
+def status_and_code(exc: domain.DomainError) -> tuple[int, str]:
+    """The status and envelope code of a domain exception, from ERRORS."""
+    cls = next(c for c in type(exc).__mro__ if c in ERRORS)  # DomainError itself is there
+    status, code = ERRORS[cls]
+    return (status if isinstance(status, int) else status(exc)), code
 
 
 def _is_registry_path() -> bool:
@@ -82,19 +99,20 @@ def api_error(status: int, code: str, message: str, **extra: Any) -> Response:
 
 def handle_domain(exc: domain.DomainError) -> Response:
     """Domain exception → status and envelope for the path's API family."""
-    status = _status_of(exc)
+    status, code = status_and_code(exc)
     if status >= 500:
         log.warning("%s %s: %s", request.method, request.path, exc.message)
     decision = getattr(exc, "decision", None)
     violations = decision.to_dict()["violations"] if decision is not None else None
-    resp = _domain_response(exc, status, violations)
+    resp = _domain_response(exc, status, code, violations)
     resp.headers.update(getattr(exc, "extra", {}).get("headers") or {})  # Retry-After on 429s
     if isinstance(exc, domain.Busy):
         resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
 
 
-def _domain_response(exc: domain.DomainError, status: int, violations: Any) -> Response:
+def _domain_response(exc: domain.DomainError, status: int, api_code: str, violations: Any
+                     ) -> Response:
     if _is_registry_path():
         code = "DENIED" if isinstance(exc, domain.PolicyDenied) else REGISTRY_CODES.get(
             status, "UNKNOWN"
@@ -107,7 +125,7 @@ def _domain_response(exc: domain.DomainError, status: int, violations: Any) -> R
             resp.headers["WWW-Authenticate"] = 'Basic realm="tagwarden"'
         return resp
     errors = getattr(exc, "errors", None) or None
-    resp = api_error(status, exc.code, exc.message, errors=errors, violations=violations)
+    resp = api_error(status, api_code, exc.message, errors=errors, violations=violations)
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="tagwarden"'
     return resp

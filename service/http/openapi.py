@@ -19,11 +19,12 @@ import yaml
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask, Response, current_app
 
+from service.http.api import meta as api_meta
+from service.http.api.meta import RouteMeta
 from service.http.schemas.common import ErrorSchema
 from service.services import Services
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
-WEBHOOK_ENDPOINT = "events.registry_webhook"
 TOP_LEVEL_ORDER = ("openapi", "info", "security", "tags", "paths", "components")
 OPERATION_ORDER = ("operationId", "summary", "description", "tags", "security", "parameters",
                    "requestBody", "responses")
@@ -66,23 +67,10 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     503: ("ServiceUnavailable", "`store_unavailable` (Redis) or `registry_unavailable` "
                                 "(the registry is unreachable)"),
 }
-# Every authenticated call: bad token, role/scope, rate limit, Redis down.
+# Every authenticated call: bad token, role/scope, rate limit, Redis down. The statuses an
+# operation's domain code raises beyond these are the route's own (`@endpoint(errors=...)`),
+# and so is whether it takes an Idempotency-Key (`idempotent=True`).
 AUTHENTICATED = (401, 403, 429, 503)
-# Statuses beyond the generic ones, for operations whose domain code raises them.
-EXTRA_ERRORS: dict[str, tuple[int, ...]] = {
-    "policies.evaluate": (400, 404, 502),
-    "promotions.create_promotion": (400, 404, 409, 502),
-    "promotions.create_rollback": (400, 404, 409, 502),
-    "scans.create_scan": (400, 404, 502),
-    "scans.get_sbom": (409,),
-    "events.create_subscription": (400,),
-    "tokens.create_token": (400,),
-    "tag_bindings.release_binding": (400, 404),
-    "approvals.create_approval": (400, 404, 502),
-    "approvals.create_verification": (400, 404, 502),
-    WEBHOOK_ENDPOINT: (400, 401, 413, 415, 503),
-}
-IDEMPOTENT_ENDPOINTS = ("promotions.create_promotion", "promotions.create_rollback")
 IDEMPOTENCY_PARAMETER = {
     "in": "header", "name": "Idempotency-Key", "required": False,
     "description": "Retrying with the same key and body replays the first answer; the same "
@@ -169,10 +157,10 @@ def endpoints(app: Flask) -> dict[tuple[str, str], str]:
     return found
 
 
-def _error_statuses(endpoint: str, operation: dict[str, Any], path_item: dict[str, Any]
+def _error_statuses(meta: RouteMeta, operation: dict[str, Any], path_item: dict[str, Any]
                     ) -> set[int]:
-    statuses = set(EXTRA_ERRORS.get(endpoint, ()))
-    if endpoint == WEBHOOK_ENDPOINT:
+    statuses = set(meta.errors)
+    if meta.role is None:  # authenticates its caller itself: its own errors only
         return statuses
     statuses.update(AUTHENTICATED)
     params = operation.get("parameters", []) + path_item.get("parameters", [])
@@ -185,8 +173,8 @@ def _error_statuses(endpoint: str, operation: dict[str, Any], path_item: dict[st
     return statuses
 
 
-def _fix_operation(endpoint: str, operation: dict[str, Any], path_item: dict[str, Any],
-                   used_ids: set[str]) -> None:
+def _fix_operation(endpoint: str, meta: RouteMeta, operation: dict[str, Any],
+                   path_item: dict[str, Any], used_ids: set[str]) -> None:
     """Operation id, explicit error responses (success first, then errors, then default)."""
     op_id = endpoint.rsplit(".", 1)[-1]
     if op_id in used_ids:
@@ -197,28 +185,16 @@ def _fix_operation(endpoint: str, operation: dict[str, Any], path_item: dict[str
     success = {code: body for code, body in responses.items()
                if code != "default" and int(code) < 400}
     errors = {str(status): {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
-              for status in sorted(_error_statuses(endpoint, operation, path_item))}
+              for status in sorted(_error_statuses(meta, operation, path_item))}
     operation["responses"] = {**dict(sorted(success.items())), **errors,
                               "default": {"$ref": "#/components/responses/DefaultError"}}
-    if endpoint == WEBHOOK_ENDPOINT:
-        _notification_body(operation)
     for param in operation.get("parameters", []):
         _not_null(param.get("schema", {}))
-    if endpoint in IDEMPOTENT_ENDPOINTS:
+    if meta.idempotent:
         operation.setdefault("parameters", []).append(copy.deepcopy(IDEMPOTENCY_PARAMETER))
     ordered = _ordered(operation, OPERATION_ORDER)
     operation.clear()
     operation.update(ordered)
-
-
-def _notification_body(operation: dict[str, Any]) -> None:
-    """The envelope as one named schema (an inline `object` makes client generators emit a
-    model per media type, of the same name), and the body required."""
-    content = operation.get("requestBody", {}).get("content", {})
-    for media in content.values():
-        if media.get("schema") == {"type": "object"}:
-            media["schema"] = {"$ref": "#/components/schemas/RegistryNotification"}
-    operation.get("requestBody", {}).setdefault("required", True)
 
 
 def _not_null(schema: dict[str, Any]) -> None:
@@ -277,7 +253,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
     for path, item in doc.get("paths", {}).items():
         for method in METHODS:
             if method in item:
-                _fix_operation(routes[(path, method)], item[method], item, used_ids)
+                endpoint = routes[(path, method)]
+                _fix_operation(endpoint, api_meta.of(app, endpoint), item[method], item,
+                               used_ids)
     _components(doc, error)
     doc["paths"] = {**copy.deepcopy(PROBE_PATHS), **doc.get("paths", {})}
     doc["info"] = {**doc.get("info", {}), "description": DESCRIPTION}

@@ -21,6 +21,7 @@ from limits.strategies import FixedWindowRateLimiter
 from service.core import auth
 from service.domain.errors import DomainError, Forbidden, Unauthorized
 from service.http import clientaddr
+from service.http.api import meta as api_meta
 from service.http.bodies import peek_json
 from service.registry import routes
 from service.services import Services
@@ -28,35 +29,14 @@ from service.services import Services
 log = logging.getLogger("tagwarden.security")
 OPEN_PATHS = ("/healthz", "/readyz")
 DOC_PATHS = ("/openapi.yaml", "/openapi.json", "/docs")
-WEBHOOK_ENDPOINT = "events.registry_webhook"
-AUDITED = {
-    "policies.put_policy": "policy.put",
-    "policies.delete_policy": "policy.delete",
-    "promotions.create_promotion": "promotion.create",
-    "promotions.create_rollback": "rollback.create",
-    "scans.create_scan": "scan.request",
-    "tokens.create_token": "token.create",
-    "tokens.delete_token": "token.delete",
-    "events.create_subscription": "subscription.create",
-    "events.delete_subscription": "subscription.delete",
-    "events.redeliver": "delivery.redeliver",
-    "tag_bindings.release_binding": "tag_binding.release",
-    "scans.import_vulndb": "vulndb.import",
-    "approvals.create_approval": "approval.grant",
-    "approvals.withdraw_approval": "approval.withdraw",
-    "approvals.create_verification": "verification.record",
-    "retention.create_run": "retention.run",
-    "backup.restore": "backup.restore",
-}
-VULNDB_IMPORT_ENDPOINT = "scans.import_vulndb"
-RESTORE_ENDPOINT = "backup.restore"  # a streamed body, read (and bounded) by the restore
+# an /api/v1 request that matches no route (a 404 or 405 follows) is authenticated like any
+# call and needs what a route would: reader to read, admin to write
+UNROUTED_READ = api_meta.RouteMeta("reader", "repository")
+UNROUTED_WRITE = api_meta.RouteMeta("admin", "repository")
 
 
 class RateLimited(DomainError):
-    """Too many calls for one token (429)."""
-
-    code = "rate_limited"
-    status = 429
+    """Too many calls for one token, or too many failed authentications from one address."""
 
 
 class FailOpenLimiter:
@@ -152,12 +132,12 @@ def _set_actor(principal: auth.Principal | None) -> None:
     g.actor_name = principal.name if principal else None
 
 
-def _target() -> dict[str, Any]:
+def _target(meta: api_meta.RouteMeta) -> dict[str, Any]:
     target: dict[str, Any] = dict(request.view_args or {})
     for name in ("repository", "tag"):  # listings and releases name them in the query
         if isinstance(request.args.get(name), str):
             target[name] = request.args[name]
-    body = None if request.endpoint == RESTORE_ENDPOINT else peek_json()
+    body = None if meta.body == "stream" else peek_json()
     if isinstance(body, dict):
         for name in ("repository", "environment", "name", "role", "tag", "digest", "to",
                      "reference", "from_environment", "reason", "result"):
@@ -209,7 +189,7 @@ def _registry_refusal(svc: Services, principal: auth.Principal | None, route: ro
     except Exception:  # noqa: BLE001 - logged; the refusal stands
         log.exception("could not write audit entry for a refused %s", action)
     if method == "HEAD" and route.kind == "blob" and principal is not None:
-        return routes.BadRoute(404, "BLOB_UNKNOWN", "blob unknown to registry",
+        return routes.BadRoute("BLOB_UNKNOWN", "blob unknown to registry",
                                {"digest": route.ref})
     text = exc.message.replace('"', "'").encode("ascii", "replace").decode()
     return Forbidden(exc.message, headers={"WWW-Authenticate": (
@@ -223,6 +203,8 @@ def install(app: Flask, svc: Services) -> None:
                if settings.rate_limit != "off" else None)
     guard = (AuthFailureGuard(svc, settings.auth_failure_limit)
              if settings.auth_failure_limit != "off" else None)
+    body_limits = {"json": settings.api_max_bytes, "upload": settings.vulndb_upload_max_bytes,
+                   "stream": settings.restore_max_bytes}
 
     def authenticated(resolve: Callable[[str | None], Any]) -> Any:
         """`resolve(Authorization header)`, with failed attempts counted per client address
@@ -243,28 +225,26 @@ def install(app: Flask, svc: Services) -> None:
         path = request.path
         _set_actor(None)
         if path.startswith("/api/v1/"):
-            request.max_content_length = (settings.vulndb_upload_max_bytes
-                                          if request.endpoint == VULNDB_IMPORT_ENDPOINT
-                                          else settings.restore_max_bytes
-                                          if request.endpoint == RESTORE_ENDPOINT
-                                          else settings.api_max_bytes)
-            if request.endpoint == WEBHOOK_ENDPOINT:
-                return
+            meta = api_meta.current() or (UNROUTED_READ if request.method in ("GET", "HEAD")
+                                          else UNROUTED_WRITE)
+            request.max_content_length = body_limits[meta.body]
+            if meta.role is None:
+                return  # the route authenticates its caller itself (the registry's webhook)
             if (request.content_length is None and request.method in ("POST", "PUT", "PATCH")
-                    and request.endpoint != RESTORE_ENDPOINT):
+                    and meta.body != "stream"):
                 # a chunked body: read it within the limit; werkzeug raises 413 on the byte
                 # after the limit, which a plain read-all would silently drop
                 request.get_data(cache=True)
                 request.stream.read(1)
             principal = authenticated(lambda header: auth.from_bearer(svc, header))
             _set_actor(principal)
-            if limiter is not None and not limiter.hit("api", principal.id):
+            if (limiter is not None and meta.rate is not None
+                    and not limiter.hit(meta.rate, principal.id)):
                 raise RateLimited(f"rate limit {settings.rate_limit} exceeded for token "
                                   f"{principal.name!r}")
-            # a restore's body is a stream of any size: never parsed whole here
-            body = None if request.endpoint == RESTORE_ENDPOINT else peek_json(strict=True)
-            auth.authorize_api(principal, request.endpoint, request.method, body,
-                               request.args.to_dict())
+            # a streamed body (a restore) is of any size: never parsed whole here
+            body = None if meta.body == "stream" else peek_json(strict=True)
+            auth.authorize_api(principal, meta.role, meta.scope, body, request.args.to_dict())
         elif path == "/v2" or path.startswith("/v2/"):
             principal = authenticated(lambda header: _v2_principal(svc, header))
             _set_actor(principal)
@@ -287,12 +267,14 @@ def install(app: Flask, svc: Services) -> None:
 
     @app.after_request
     def _audit(resp: Response) -> Response:
-        action = AUDITED.get(request.endpoint or "")
-        if action and request.method not in ("GET", "HEAD") and g.get("principal"):
+        meta = api_meta.current()
+        action = meta.audit if meta is not None else None
+        if meta is not None and action and request.method not in ("GET", "HEAD") and g.get(
+                "principal"):
             outcome = g.get("audit_outcome") or ("success" if resp.status_code < 400 else (
                 "denied" if resp.status_code in (401, 403) else "error"))
             try:
-                svc.audit.record(action, (g.get("actor_id"), g.get("actor_name")), _target(),
+                svc.audit.record(action, (g.get("actor_id"), g.get("actor_name")), _target(meta),
                                  outcome, resp.status_code,
                                  request.environ.get("tagwarden.request_id"))
             except Exception:  # noqa: BLE001 - logged; the call itself already happened

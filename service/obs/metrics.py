@@ -1,9 +1,11 @@
-"""Prometheus metrics: the metric objects, helpers that record them, and GET /metrics.
+"""Prometheus metrics: the metric objects, the helpers that record them, the scrape.
 
-Labels stay bounded: routes are URL-rule templates (never raw paths), no repository or tag
-label, rule ids and environments pass through `_bounded`. Under gunicorn (and in RQ workers)
-samples go to PROMETHEUS_MULTIPROC_DIR (see service/obs/multiproc.py) and /metrics adds up every
-process's files; without it, this process's own registry is exposed.
+No Flask here (the workers record metrics too): the request hooks and the GET /metrics view
+are service/http/metrics_hooks.py. Labels stay bounded: routes are URL-rule templates (never
+raw paths), no repository or tag label, rule ids and environments pass through `_bounded`.
+Under gunicorn (and in RQ workers) samples go to PROMETHEUS_MULTIPROC_DIR (see
+service/obs/multiproc.py) and /metrics adds up every process's files; without it, this
+process's own registry is exposed.
 """
 
 from __future__ import annotations
@@ -11,11 +13,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -27,7 +27,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.http.bodies import peek_json
 from service.obs import multiproc
 from service.services import Services
 
@@ -37,6 +36,7 @@ multiproc.ensure_dir()  # before the first metric opens its file there
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
 SCAN_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # of the scrape's text
 MAX_LABEL_VALUES = 64  # distinct values per free-text label and process; then "other"
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,63}$")
 
@@ -159,9 +159,22 @@ def delivery(outcome: str) -> None:
     DELIVERIES.labels(outcome).inc()
 
 
-# -- HTTP: requests, proxied bytes, promotions ----------------------------------------------
-PROMOTION_ENDPOINTS = {"promotions.create_promotion": "promotion",
-                       "promotions.create_rollback": "rollback"}
+# -- HTTP: requests, proxied bytes, promotions (recorded by service/http/metrics_hooks.py) ----
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def http_request(method: str, route: str, status: int, seconds: float | None) -> None:
+    """Count an answered request under its route template (`unmatched` when none), and its
+    time to response headers when known."""
+    method = method if method in METHODS else "other"
+    REQUESTS.labels(method, route, str(status)).inc()
+    if seconds is not None:
+        LATENCY.labels(method, route, str(status)).observe(seconds)
+
+
+def proxy_bytes_out(length: int) -> None:
+    """Bytes of a /v2 answer sent whole (not streamed through CountingBody)."""
+    PROXY_BYTES.labels("out").inc(length)
 
 
 def promotion_outcome(status: int) -> str:
@@ -216,43 +229,7 @@ class CountingBody:
             close()
 
 
-def _is_proxy() -> bool:
-    return request.path == "/v2" or request.path.startswith("/v2/")
-
-
-def _start() -> None:
-    request.environ["tagwarden.metrics_start"] = time.perf_counter()
-    if _is_proxy() and "wsgi.input" in request.environ:
-        request.environ["wsgi.input"] = CountingStream(request.environ["wsgi.input"])
-
-
-def _finish(resp: Response) -> Response:
-    started = request.environ.get("tagwarden.metrics_start")
-    route = request.url_rule.rule if request.url_rule else "unmatched"
-    method = request.method if request.method in METHODS else "other"
-    status = str(resp.status_code)
-    REQUESTS.labels(method, route, status).inc()
-    if started is not None:
-        LATENCY.labels(method, route, status).observe(time.perf_counter() - started)
-    if _is_proxy() and resp.response is not None and hasattr(resp.response, "filelike"):
-        pass  # a file sent with sendfile (http/v2/local_pulls): counted there, never wrapped
-    elif _is_proxy() and resp.response is not None and not resp.is_sequence:
-        resp.response = CountingBody(resp.response)
-    elif _is_proxy() and resp.is_sequence:
-        PROXY_BYTES.labels("out").inc(sum(len(chunk) for chunk in resp.response))
-    kind = PROMOTION_ENDPOINTS.get(request.endpoint or "")
-    if kind is not None:
-        body = peek_json()
-        env = body.get("environment") if isinstance(body, dict) else None
-        promotion(kind, env if isinstance(env, str) else None,
-                  promotion_outcome(resp.status_code))
-    return resp
-
-
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-# -- GET /metrics ----------------------------------------------------------------------------
+# -- the scrape (GET /metrics) -----------------------------------------------------------------
 class QueueCollector(Collector):
     """RQ job counts per state, read from Redis at scrape time."""
 
@@ -305,16 +282,3 @@ def scrape(svc: Services) -> bytes:
         registry.register(_Forward(REGISTRY))
     registry.register(QueueCollector(svc))
     return generate_latest(registry)
-
-
-def install(app: Flask, svc: Services) -> None:
-    """GET /metrics, and request counting and timing on every request."""
-
-    def metrics_view() -> Response:
-        """Prometheus text format."""
-        return Response(scrape(svc), content_type=CONTENT_TYPE_LATEST)
-
-    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
-    # first of the before_request hooks: the time includes authentication and rate limits
-    app.before_request_funcs.setdefault(None, []).insert(0, _start)
-    app.after_request(_finish)

@@ -27,11 +27,11 @@ PATTERNS = (
 
 
 class BadRoute(InvalidRequest):
-    """A /v2 path that is not a registry route or names nothing valid."""
+    """A /v2 path that is not a registry route or names nothing valid: `registry_code` is the
+    registry protocol's error code (`NAME_INVALID`, `MANIFEST_UNKNOWN`, ...)."""
 
-    def __init__(self, status: int, registry_code: str, message: str, detail: object) -> None:
+    def __init__(self, registry_code: str, message: str, detail: object) -> None:
         super().__init__(message)
-        self.status = status
         self.registry_code = registry_code
         self.detail = detail
 
@@ -75,16 +75,16 @@ QUERY_PARAMS = {
 
 def _check_ref(kind: str, ref: str, method: str) -> None:
     if kind in ("blob", "referrers") and not DIGEST_RE.match(ref):
-        raise BadRoute(400, "DIGEST_INVALID", "invalid digest", {"digest": ref})
+        raise BadRoute("DIGEST_INVALID", "invalid digest", {"digest": ref})
     if kind == "upload_session" and not UPLOAD_ID_RE.match(ref):
-        raise BadRoute(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown", {"upload": ref})
+        raise BadRoute("BLOB_UPLOAD_UNKNOWN", "blob upload unknown", {"upload": ref})
     if kind == "manifest" and ":" in ref and not DIGEST_RE.match(ref):
-        raise BadRoute(400, "DIGEST_INVALID", "invalid digest", {"reference": ref})
+        raise BadRoute("DIGEST_INVALID", "invalid digest", {"reference": ref})
     if kind == "manifest" and ":" not in ref and not valid_tag(ref):
         if method in ("GET", "HEAD"):  # nothing can be stored under it: OCI wants a 404
-            raise BadRoute(404, "MANIFEST_UNKNOWN", "manifest unknown", {"reference": ref})
+            raise BadRoute("MANIFEST_UNKNOWN", "manifest unknown", {"reference": ref})
         shown = ref if len(ref) <= 40 else f"{ref[:40]}..."
-        raise BadRoute(400, "TAG_INVALID", f"invalid tag {shown!r}: {tag_problem(ref)}",
+        raise BadRoute("TAG_INVALID", f"invalid tag {shown!r}: {tag_problem(ref)}",
                        {"tag": ref})
 
 
@@ -101,7 +101,7 @@ def parse(path: str, method: str = "GET") -> V2Route:
             continue
         name, ref = match.group("name"), match.groupdict().get("ref") or ""
         if not valid_repository(name):
-            raise BadRoute(400, "NAME_INVALID", "invalid repository name", {"name": name})
+            raise BadRoute("NAME_INVALID", "invalid repository name", {"name": name})
         _check_ref(kind, ref, method)
         return V2Route(kind, name, ref)
-    raise BadRoute(404, "NAME_UNKNOWN", "not a registry API route", {"path": path})
+    raise BadRoute("NAME_UNKNOWN", "not a registry API route", {"path": path})

@@ -223,10 +223,19 @@ def test_store_knows_no_flask():
 def test_workers_never_import_flask():
     """No module of workers/ imports Flask itself (the HTTP side is service/'s).
 
-    Only direct imports: through service.obs.metrics and service.obs.logs a worker still loads
-    Flask today (see the issue's "workers import service.core / domain / store")."""
+    Only direct imports: through service.obs.logs a worker still loads Flask today (see the
+    issue's "workers import service.core / domain / store")."""
     bad = [f"{module}:{line} imports {name}" for module, name, line in _imports("workers")
            if name.split(".")[0] in FLASK]
+    assert bad == []
+
+
+def test_metrics_know_no_flask():
+    """service/obs/metrics (recorded by the workers too) imports neither Flask nor the HTTP
+    side: the request hooks and GET /metrics are service/http/metrics_hooks."""
+    bad = [f"{module}:{line} imports {name}"
+           for module, name, line in _imports("service.obs.metrics")
+           if name.split(".")[0] in FLASK or _under(name, "service.http")]
     assert bad == []
 
 

@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 
 from service.core import approvals, verifications
 from service.http.api import caller, listing_scope, svc
+from service.http.api.meta import endpoint
 from service.http.schemas.approvals import (
     ApprovalPageSchema,
     ApprovalQueryArgsSchema,
@@ -25,6 +26,8 @@ blp = Blueprint("approvals", __name__, url_prefix="/api/v1",
 
 
 @blp.route("/approvals", methods=["POST"])
+# who may approve is the policy's approvals gate, decided in service/core/approvals.py
+@endpoint(role="reader", scope="repository", audit="approval.grant", errors=(400, 404, 502))
 @blp.arguments(ApprovalRequestSchema)
 @blp.response(201, ApprovalSchema)
 def create_approval(body: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +38,7 @@ def create_approval(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/approvals", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(ApprovalQueryArgsSchema, location="query")
 @blp.response(200, ApprovalPageSchema)
 def list_approvals(args: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +47,8 @@ def list_approvals(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/approvals/<string:approval_id>", methods=["DELETE"])
+# the approver's or an admin's, decided in service/core/approvals.py
+@endpoint(role="reader", scope="", audit="approval.withdraw")
 @blp.response(200, ApprovalSchema)
 def withdraw_approval(approval_id: str) -> dict[str, Any]:
     """Withdraw an approval (its approver or an admin); it no longer counts."""
@@ -50,6 +56,8 @@ def withdraw_approval(approval_id: str) -> dict[str, Any]:
 
 
 @blp.route("/verifications", methods=["POST"])
+@endpoint(role="ci", scope="repository+environment", audit="verification.record",
+          errors=(400, 404, 502))
 @blp.arguments(VerificationRequestSchema)
 @blp.response(201, VerificationSchema)
 def create_verification(body: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +67,7 @@ def create_verification(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/verifications", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(VerificationQueryArgsSchema, location="query")
 @blp.response(200, VerificationPageSchema)
 def list_verifications(args: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from service.core import backup
 from service.domain.schemas.backup import RestoreQueryArgsSchema, RestoreResultSchema
 from service.http.api import svc
+from service.http.api.meta import endpoint
 from service.http.gunicorn_worker import lift_deadline
 
 blp = Blueprint("backup", __name__, url_prefix="/api/v1",
@@ -23,6 +24,7 @@ STREAM_DOC = {"description": "NDJSON, one `{\"kind\", ...}` object a line: `head
 
 
 @blp.route("/backup", methods=["GET"])
+@endpoint(role="admin", scope="")
 @blp.response(200, content_type=NDJSON, description=STREAM_DOC["description"])
 def get_backup() -> Response:
     """Stream a consistent snapshot of the governance state (admin; audited)."""
@@ -35,6 +37,8 @@ def get_backup() -> Response:
 
 
 @blp.route("/restore", methods=["POST"])
+# a streamed body, read (and bounded by TAGWARDEN_RESTORE_MAX_BYTES) by the restore itself
+@endpoint(role="admin", scope="", audit="backup.restore", body="stream")
 @blp.arguments(RestoreQueryArgsSchema, location="query")
 # documented as octet-stream (what client generators can send); any content type is read
 @blp.doc(requestBody={"required": True, "content": {"application/octet-stream": {

@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 
 from service.core import governance
 from service.http.api import svc
+from service.http.api.meta import endpoint
 from service.http.schemas.bindings import (
     BindingPageSchema,
     BindingQueryArgsSchema,
@@ -22,6 +23,7 @@ blp = Blueprint("tag_bindings", __name__, url_prefix="/api/v1",
 
 
 @blp.route("/tag-bindings", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(BindingQueryArgsSchema, location="query")
 @blp.response(200, BindingPageSchema)
 def list_bindings(args: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +33,7 @@ def list_bindings(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/tag-bindings", methods=["DELETE"])
+@endpoint(role="admin", scope="repository", audit="tag_binding.release", errors=(400, 404))
 @blp.arguments(BindingReleaseQueryArgsSchema, location="query")
 @blp.arguments(BindingReleaseSchema)
 @blp.response(200, BindingSchema)

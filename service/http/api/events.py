@@ -14,6 +14,7 @@ from service.core.outbound import check_url
 from service.domain.durations import format_time
 from service.domain.errors import NotFound
 from service.http.api import caller, listing_scope, svc
+from service.http.api.meta import endpoint
 from service.http.schemas.common import PageQueryArgsSchema
 from service.http.schemas.events import (
     DeliveryPageSchema,
@@ -52,13 +53,17 @@ def _shown_delivery(delivery: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/webhooks/registry", methods=["POST"])
+@endpoint(role=None, scope="", rate=None, errors=(400, 401, 413, 415, 503))
 # One media type documented, though webhooks.CONTENT_TYPES accepts application/json too: for
 # a required body with two, openapi-python-client (0.29.1) annotates `body` with `Unset`
 # without importing it and the generated module fails to import (its issue #1451).
+# The envelope is one named schema (an inline `object` makes client generators emit a model
+# per media type, of the same name), and the body is required.
 @blp.doc(security=[{"webhookToken": []}], requestBody={
     "description": "The registry's notification envelope; `application/json` is accepted too.",
-    "content": {
-        "application/vnd.docker.distribution.events.v1+json": {"schema": {"type": "object"}}}})
+    "content": {"application/vnd.docker.distribution.events.v1+json": {
+        "schema": {"$ref": "#/components/schemas/RegistryNotification"}}},
+    "required": True})
 @blp.response(200, WebhookResultSchema)
 def registry_webhook() -> dict[str, int]:
     """Receive the registry's notification envelope (deduplicated by event id)."""
@@ -73,6 +78,7 @@ def registry_webhook() -> dict[str, int]:
 
 
 @blp.route("/events", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(EventQueryArgsSchema, location="query")
 @blp.response(200, EventPageSchema)
 def list_events(args: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +89,7 @@ def list_events(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/subscriptions", methods=["POST"])
+@endpoint(role="admin", scope="", audit="subscription.create", errors=(400,))
 @blp.arguments(SubscriptionCreateSchema)
 @blp.response(201, SubscriptionSchema)
 def create_subscription(body: dict[str, Any]) -> dict[str, Any]:
@@ -95,6 +102,7 @@ def create_subscription(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/subscriptions", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.response(200, SubscriptionPageSchema)
 def list_subscriptions() -> dict[str, Any]:
     """The subscriptions whose repositories the caller's token covers (URL for admins only)."""
@@ -103,6 +111,7 @@ def list_subscriptions() -> dict[str, Any]:
 
 
 @blp.route("/subscriptions/<string:sub_id>", methods=["DELETE"])
+@endpoint(role="admin", scope="", audit="subscription.delete")
 @blp.response(204)
 def delete_subscription(sub_id: str) -> None:
     """Remove a subscription."""
@@ -111,6 +120,7 @@ def delete_subscription(sub_id: str) -> None:
 
 
 @blp.route("/subscriptions/<string:sub_id>/deliveries", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(PageQueryArgsSchema, location="query")
 @blp.response(200, DeliveryPageSchema)
 def list_deliveries(args: dict[str, Any], sub_id: str) -> dict[str, Any]:
@@ -125,6 +135,7 @@ def list_deliveries(args: dict[str, Any], sub_id: str) -> dict[str, Any]:
 
 @blp.route("/subscriptions/<string:sub_id>/deliveries/<string:delivery_id>/redeliver",
            methods=["POST"])
+@endpoint(role="admin", scope="", audit="delivery.redeliver")
 @blp.response(202, DeliverySchema)
 def redeliver(sub_id: str, delivery_id: str) -> dict[str, Any]:
     """Send a delivery again (five more attempts)."""

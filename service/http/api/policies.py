@@ -13,6 +13,7 @@ from service.domain.errors import InvalidRequest, NotFound
 from service.domain.policy import DEFAULT_POLICY, Policy
 from service.domain.schemas.policy import PolicySchema
 from service.http.api import svc
+from service.http.api.meta import endpoint
 from service.http.schemas.common import DecisionSchema, StrictSchema, page_of
 
 blp = Blueprint("policies", __name__, url_prefix="/api/v1/policies",
@@ -35,6 +36,7 @@ PolicyPageSchema = page_of(PolicySchema, "PolicyPage")
 
 
 @blp.route("", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.response(200, PolicyPageSchema)
 def list_policies() -> dict[str, Any]:
     """List stored policies (the built-in `default` applies where none matches)."""
@@ -42,6 +44,7 @@ def list_policies() -> dict[str, Any]:
 
 
 @blp.route("/<string:name>", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.response(200, PolicySchema)
 def get_policy(name: str) -> Policy:
     """Read one policy (`default` is the built-in one unless stored under that name)."""
@@ -54,6 +57,7 @@ def get_policy(name: str) -> Policy:
 
 
 @blp.route("/<string:name>", methods=["PUT"])
+@endpoint(role="admin", scope="", audit="policy.put")
 @blp.arguments(PolicySchema)
 @blp.response(200, PolicySchema)
 def put_policy(policy: Policy, name: str) -> Policy:
@@ -68,6 +72,7 @@ def put_policy(policy: Policy, name: str) -> Policy:
 
 
 @blp.route("/<string:name>", methods=["DELETE"])
+@endpoint(role="admin", scope="", audit="policy.delete")
 @blp.response(204)
 def delete_policy(name: str) -> None:
     """Delete a policy."""
@@ -76,6 +81,7 @@ def delete_policy(name: str) -> None:
 
 
 @blp.route("/evaluate", methods=["POST"])
+@endpoint(role="reader", scope="repository", errors=(400, 404, 502))
 @blp.arguments(EvaluateSchema)
 @blp.response(200, DecisionSchema)
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:

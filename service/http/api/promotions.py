@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from service.core import history, promotions
 from service.domain.errors import InvalidRequest, NotFound
 from service.http.api import check_visible, listing_scope, svc
+from service.http.api.meta import endpoint
 from service.http.durability import commits_durably
 from service.http.schemas.promotions import (
     EnvironmentsQueryArgsSchema,
@@ -43,6 +44,8 @@ def idempotency_key() -> str | None:
 
 @blp.route("/promotions", methods=["POST"])
 @commits_durably
+@endpoint(role="ci", scope="repository+environment", audit="promotion.create", metric="promotion",
+          idempotent=True, errors=(400, 404, 409, 502))
 @blp.arguments(PromotionRequestSchema)
 @blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
 @blp.alt_response(200, schema=PromotionSchema, description="dry run: nothing changed")
@@ -61,6 +64,7 @@ def replay_headers(replayed: bool) -> dict[str, str]:
 
 
 @blp.route("/promotions", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(PromotionQueryArgsSchema, location="query")
 @blp.response(200, PromotionPageSchema)
 def list_promotions(args: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +76,7 @@ def list_promotions(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/promotions/<string:promotion_id>", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.response(200, PromotionSchema)
 def get_promotion(promotion_id: str) -> dict[str, Any]:
     """One promotion record."""
@@ -84,6 +89,8 @@ def get_promotion(promotion_id: str) -> dict[str, Any]:
 
 @blp.route("/rollbacks", methods=["POST"])
 @commits_durably
+@endpoint(role="ci", scope="repository+environment", audit="rollback.create", metric="rollback",
+          idempotent=True, errors=(400, 404, 409, 502))
 @blp.arguments(RollbackRequestSchema)
 @blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
 def create_rollback(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -94,6 +101,7 @@ def create_rollback(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str
 
 
 @blp.route("/environments", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(EnvironmentsQueryArgsSchema, location="query")
 @blp.response(200, EnvironmentsSchema)
 def get_environments(args: dict[str, Any]) -> dict[str, Any]:

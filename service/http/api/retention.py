@@ -10,12 +10,14 @@ from flask_smorest import Blueprint
 from service.core import retention
 from service.domain.errors import Forbidden
 from service.http.api import caller, listing_scope, svc
+from service.http.api.meta import endpoint
 from service.http.schemas.retention import RetentionRunRequestSchema, RetentionRunSchema
 
 blp = Blueprint("retention", __name__, url_prefix="/api/v1", description="Retention runs")
 
 
 @blp.route("/retention/runs", methods=["POST"])
+@endpoint(role="admin", scope="repository", audit="retention.run")
 @blp.arguments(RetentionRunRequestSchema)
 @blp.response(202, RetentionRunSchema)
 def create_run(body: dict[str, Any]) -> dict[str, Any]:
@@ -27,6 +29,7 @@ def create_run(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/retention/runs/<string:run_id>", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.response(200, RetentionRunSchema)
 def get_run(run_id: str) -> dict[str, Any]:
     """A run's status and report: every digest deleted, every digest kept and why."""

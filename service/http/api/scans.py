@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from service.core import scans, vulndb_admin
 from service.domain.errors import Conflict, InvalidRequest, NotFound
 from service.http.api import check_visible, listing_scope, svc
+from service.http.api.meta import endpoint
 from service.http.schemas.scans import (
     ScanPageSchema,
     ScanQueryArgsSchema,
@@ -25,6 +26,7 @@ blp = Blueprint("scans", __name__, url_prefix="/api/v1", description="Scans and 
 
 
 @blp.route("/scans", methods=["POST"])
+@endpoint(role="ci", scope="repository", audit="scan.request", errors=(400, 404, 502))
 @blp.arguments(ScanRequestSchema)
 @blp.response(202, ScanSchema)
 def create_scan(body: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +37,7 @@ def create_scan(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/scans", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(ScanQueryArgsSchema, location="query")
 @blp.response(200, ScanPageSchema)
 def list_scans(args: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +48,7 @@ def list_scans(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/scans/<string:scan_id>", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.response(200, ScanSchema)
 def get_scan(scan_id: str) -> dict[str, Any]:
     """One scan with its findings."""
@@ -56,6 +60,7 @@ def get_scan(scan_id: str) -> dict[str, Any]:
 
 
 @blp.route("/scans/<string:scan_id>/sbom", methods=["GET"])
+@endpoint(role="reader", scope="repository", errors=(409,))
 @blp.response(200, {"type": "object"}, content_type="application/vnd.cyclonedx+json")
 def get_sbom(scan_id: str) -> Any:
     """The scanned image's packages as a CycloneDX JSON SBOM."""
@@ -74,6 +79,7 @@ def get_sbom(scan_id: str) -> Any:
 
 
 @blp.route("/vulndb", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.response(200, VulnDBSchema)
 def get_vulndb() -> dict[str, Any]:
     """What the vulnerability database holds and when it was loaded."""
@@ -83,6 +89,7 @@ def get_vulndb() -> dict[str, Any]:
 
 
 @blp.route("/vulndb/imports", methods=["POST"])
+@endpoint(role="admin", scope="", audit="vulndb.import", body="upload")
 @blp.arguments(VulnDBImportFormSchema, location="form", content_type="multipart/form-data")
 @blp.response(201, VulnDBImportSchema)
 def import_vulndb(form: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 
 from service.core import timeline
 from service.http.api import check_visible, svc
+from service.http.api.meta import endpoint
 from service.http.schemas.timeline import TimelinePageSchema, TimelineQueryArgsSchema
 
 blp = Blueprint("timeline", __name__, url_prefix="/api/v1",
@@ -15,6 +16,7 @@ blp = Blueprint("timeline", __name__, url_prefix="/api/v1",
 
 
 @blp.route("/timeline", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(TimelineQueryArgsSchema, location="query")
 @blp.response(200, TimelinePageSchema)
 def get_timeline(args: dict[str, Any]) -> dict[str, Any]:

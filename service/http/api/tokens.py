@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from service.domain.durations import format_time
 from service.domain.errors import InvalidRequest, NotFound
 from service.http.api import listing_scope, svc
+from service.http.api.meta import endpoint
 from service.http.schemas.tokens import (
     AuditPageSchema,
     AuditQueryArgsSchema,
@@ -31,6 +32,7 @@ def _public(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/tokens", methods=["POST"])
+@endpoint(role="admin", scope="", audit="token.create", errors=(400,))
 @blp.arguments(TokenCreateSchema)
 @blp.response(201, TokenSchema)
 def create_token(body: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +55,7 @@ def create_token(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/tokens", methods=["GET"])
+@endpoint(role="admin", scope="")
 @blp.response(200, TokenPageSchema)
 def list_tokens() -> dict[str, Any]:
     """Every token's metadata (never the secret)."""
@@ -60,6 +63,7 @@ def list_tokens() -> dict[str, Any]:
 
 
 @blp.route("/tokens/<string:token_id>", methods=["DELETE"])
+@endpoint(role="admin", scope="", audit="token.delete")
 @blp.response(204)
 def delete_token(token_id: str) -> None:
     """Revoke a token, effective immediately."""
@@ -68,6 +72,7 @@ def delete_token(token_id: str) -> None:
 
 
 @blp.route("/audit", methods=["GET"])
+@endpoint(role="reader", scope="repository")
 @blp.arguments(AuditQueryArgsSchema, location="query")
 @blp.response(200, AuditPageSchema)
 def list_audit(args: dict[str, Any]) -> dict[str, Any]:

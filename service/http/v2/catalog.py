@@ -20,7 +20,7 @@ def answer(client: RegistryClient, keep: Callable[[str], bool] | None) -> Respon
     """The catalog page the client asked for (`n`, `last`), of the repositories `keep` accepts."""
     raw_n, last = request.args.get("n"), request.args.get("last") or ""
     if raw_n is not None and not (raw_n.isascii() and raw_n.isdigit()):
-        raise BadRoute(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested",
+        raise BadRoute("PAGINATION_NUMBER_INVALID", "invalid number of results requested",
                        {"n": raw_n[:20]})
     # a thousand-digit `n` is just "as many as allowed" (int() refuses past 4300 digits)
     n = DEFAULT_N if raw_n is None else MAX_N if len(raw_n) > 6 else min(int(raw_n), MAX_N)

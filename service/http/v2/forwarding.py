@@ -93,7 +93,7 @@ def public_origin() -> str:
         proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip().lower()
         host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
     if proto not in ("http", "https") or not HOST_RE.match(host):
-        raise BadRoute(400, "UNSUPPORTED", "invalid Host or X-Forwarded-Host/Proto header",
+        raise BadRoute("UNSUPPORTED", "invalid Host or X-Forwarded-Host/Proto header",
                        {"host": host[:100]})
     return f"{proto}://{host}"
 
