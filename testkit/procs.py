@@ -18,7 +18,7 @@ import psutil
 
 from service.ops.registry_config import render_nginx_config, render_registry_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (testkit/procs.py)
 
 WEBHOOK_TOKEN = "test-webhook-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -28,7 +28,8 @@ def free_port() -> int:
     """A TCP port on loopback nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
