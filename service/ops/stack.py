@@ -39,7 +39,6 @@ class Child:
 
     def start(self, abort: Callable[[], str]) -> None:
         """Start in its own process group; return once it is ready (see `port`, `url`)."""
-        self.executor = None
         self.executor = executors.start(self.argv, self.env, self.log, port=self.port,
                                         url=self.url, timeout=60.0 if self.url else 20.0,
                                         abort=abort)
