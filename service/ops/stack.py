@@ -163,6 +163,7 @@ def build_children(data: Path, ha: bool = False) -> tuple[list[Child], dict[str,
 
 
 SAMPLE_TOKEN = "TAGWARDEN_SAMPLE_CI_TOKEN"
+REPLICA_SYNC_WAIT = 30.0  # seconds
 
 
 def _api(env: dict[str, str], method: str, path: str, token: str,
@@ -186,9 +187,17 @@ def sample_ci_token(env: dict[str, str], data: Path) -> str:
     known = values.get(SAMPLE_TOKEN, "")
     if known and _api(env, "GET", "/api/v1/vulndb", known)[0] == 200:
         return known
-    status, answer = _api(env, "POST", "/api/v1/tokens", env["TAGWARDEN_ADMIN_TOKEN"], {
-        "name": f"make-run-sample-push-{secrets.token_hex(3)}", "role": "ci",
-        "repositories": ["team/*"]})
+    # `run-ha` (TAGWARDEN_REDIS_MIN_REPLICAS=1): writes are refused with a 503 until the replica
+    # is in sync, which Redis starts only after repl-diskless-sync-delay (5 s) from the replica's
+    # first request, later than the gateway is ready
+    deadline = time.monotonic() + REPLICA_SYNC_WAIT
+    while True:
+        status, answer = _api(env, "POST", "/api/v1/tokens", env["TAGWARDEN_ADMIN_TOKEN"], {
+            "name": f"make-run-sample-push-{secrets.token_hex(3)}", "role": "ci",
+            "repositories": ["team/*"]})
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if status != 201:
         raise RuntimeError(f"could not create the sample ci token (HTTP {status})")
     values[SAMPLE_TOKEN] = str(answer["token"])
