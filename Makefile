@@ -96,10 +96,10 @@ conformance: system-deps venv
 	$(BIN)/python -m bench.conformance
 
 lint: venv
-	$(BIN)/ruff check service workers tests bench
+	$(BIN)/ruff check service workers testkit tests bench
 
 # mypy over the packages [tool.mypy] in pyproject.toml names (service/domain, service/store,
-# service/core)
+# service/core, testkit)
 typecheck: venv
 	$(BIN)/mypy
 

@@ -24,7 +24,7 @@ import requests
 
 from service.store import key
 from service.store.backup import RestoreWriter
-from tests.helpers import procs
+from testkit import procs
 
 DIGESTS = [f"sha256:{i:064x}" for i in range(1, 41)]
 

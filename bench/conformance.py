@@ -31,7 +31,7 @@ from pathlib import Path
 import requests
 
 from bench import stack as bench_stack
-from tests.helpers import procs
+from testkit import procs
 
 WORKFLOWS = ("Pull", "Push", "Content Discovery", "Content Management")
 

@@ -1,9 +1,9 @@
-"""Small real OCI images (tests.helpers.oci) pushed blob by blob over the v2 API."""
+"""Small real OCI images (testkit.oci) pushed blob by blob over the v2 API."""
 
 from __future__ import annotations
 
 from bench.client import Http, put_small_blob
-from tests.helpers import oci
+from testkit import oci
 
 
 def push_image(http_: Http, repository: str, image: oci.Image, tag: str) -> str:

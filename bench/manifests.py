@@ -14,7 +14,7 @@ from bench.images import image, push_image
 from bench.report import Row
 from bench.stack import BenchStack
 from bench.stats import latency_summary, quantile, summary
-from tests.helpers import oci
+from testkit import oci
 
 REPO_GET = "bench/manifest"
 REPO_PUT = "bench/manifest-put"

@@ -60,7 +60,7 @@ def _layer_file(workdir: Path, index: int, target: int) -> dict[str, Any]:
     """A gzip tar layer of about `target` compressed bytes, written to disk: files of hex text
     (compresses to ~55 %, like binaries and libraries do); the first layer also carries a
     Debian os-release and dpkg status so the scanner has packages to match."""
-    from tests.unit.scanner import fixtures
+    from testkit import scan_fixtures as fixtures
 
     path = workdir / f"layer-{index}.tar.gz"
     raw_hash = hashlib.sha256()
@@ -147,7 +147,7 @@ def build_and_push(stack: BenchStack, cfg: Config) -> dict[str, Any]:
 
 
 def import_vulndb(stack: BenchStack) -> None:
-    from tests.unit.scanner import fixtures
+    from testkit import scan_fixtures as fixtures
 
     directory = fixtures.write_osv_dir(stack.workdir / "osv", fixtures.osv_fixture_records())
     tagwarden = str(Path(sys.executable).parent / "tagwarden")

@@ -1,6 +1,6 @@
 """The benchmark stack: a real redis-server, docker-registry (notifying the gateway, as
 deployed), the gateway under gunicorn with the repository's gunicorn.conf.py, and an RQ worker.
-Started with tests.helpers.procs, like the integration tests."""
+Started with testkit.procs, like the integration tests."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import psutil
 import redis
 
 from bench.client import Http, basic, bearer
-from tests.helpers import procs
-from tests.helpers.procs import PeakRss, tree  # noqa: F401 - used by the bench modules
+from testkit import procs
+from testkit.procs import PeakRss, tree  # noqa: F401 - used by the bench modules
 
 ROOT = Path(__file__).resolve().parents[1]
 # The per-token API rate limit (default 1200/minute) would cap every API benchmark at 20/s;

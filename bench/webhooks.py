@@ -15,7 +15,7 @@ from bench.profile import Profile, print_top
 from bench.report import Row
 from bench.stack import BenchStack
 from bench.stats import latency_summary, quantile, summary
-from tests.helpers import oci
+from testkit import oci
 
 DUP_RATE = 0.2
 CLIENTS = 16

@@ -8,15 +8,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mirakuru.exceptions import ExecutorError
+
+from service.ops import executors
 from service.ops.registry_config import render_registry_config
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (service/ops/stack.py)
@@ -24,32 +26,28 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout (service/ops/stack.py
 
 @dataclass
 class Child:
-    """One supervised process."""
+    """One supervised process (a mirakuru executor, service/ops/executors.py)."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
     log: Path
-    port: str = ""  # host:port to wait for before starting the next child
-    proc: subprocess.Popen[bytes] | None = None
+    port: str = ""  # host:port: the next child starts once this one accepts connections
+    url: str = ""  # the stack is ready once GET url answers 200 (the gateway's /readyz)
     essential: bool = True  # its death stops the stack (not so for a Redis of `run-ha`)
+    executor: executors.Supervised | None = None
 
-    def start(self) -> None:
-        """Start in its own process group so it can be stopped as a whole."""
-        handle = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
-        )
-        handle.close()
+    def start(self, abort: Callable[[], str]) -> None:
+        """Start in its own process group; return once it is ready (see `port`, `url`)."""
+        self.executor = executors.start(self.argv, self.env, self.log, port=self.port,
+                                        url=self.url, timeout=60.0 if self.url else 20.0,
+                                        abort=abort)
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Signal the whole process group, ignoring one that is already gone."""
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+    @property
+    def exit_code(self) -> int | None:
+        """Its exit status once it has ended; None while it runs (or before it started)."""
+        process = self.executor.process if self.executor else None
+        return process.poll() if process else None
 
 
 def _secret_file(data: Path) -> dict[str, str]:
@@ -74,34 +72,10 @@ def _need(binary: str) -> str:
     return found
 
 
-def _wait_port(child: Child, children: list[Child], timeout: float = 20.0) -> bool:
-    """Wait until the child's address accepts connections (so the next one can use it)."""
-    host, _, port = child.port.rpartition(":")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc and child.proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(c.proc and c.proc.poll() is not None for c in children):
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
+def _dead(children: list[Child]) -> str:
+    """The started children that have ended, with their exit status ("" when none)."""
+    return ", ".join(f"{c.name} (exit {c.exit_code})" for c in children
+                     if c.exit_code is not None)
 
 
 MASTER = "tagwarden"
@@ -137,7 +111,8 @@ def sentinel_argv(host: str, port: int, data: Path, primary: str,
 
 
 def build_children(data: Path, ha: bool = False) -> tuple[list[Child], dict[str, str]]:
-    """The four processes of the stack with their configuration."""
+    """The processes of the stack, in the order they start, with their configuration: the
+    gateway last, so that its readiness is the stack's."""
     bind = os.environ.get("TAGWARDEN_BIND", "127.0.0.1:8080")
     redis_addr = os.environ.get("TAGWARDEN_REDIS_ADDR", "127.0.0.1:6380")
     registry_addr = os.environ.get("TAGWARDEN_REGISTRY_ADDR", "127.0.0.1:5000")
@@ -176,19 +151,19 @@ def build_children(data: Path, ha: bool = False) -> tuple[list[Child], dict[str,
                       logs / "redis.log", redis_addr, essential=not ha)]
     if ha:
         children += ha_children(env, data, rhost, int(rport))
-    children += [
-        Child("registry", [_need("docker-registry"), "serve", str(config)], env,
-              logs / "registry.log", registry_addr),
-        Child("gateway", [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-                          "service:create_app()"], env, logs / "gateway.log"),
-    ]
+    children.append(Child("registry", [_need("docker-registry"), "serve", str(config)], env,
+                          logs / "registry.log", registry_addr))
     for name in ("worker", "worker2") if ha else ("worker",):
         children.append(Child(name, [str(bin_dir / "tagwarden"), "worker"], env,
                               logs / f"{name}.log"))
+    children.append(Child("gateway", [str(bin_dir / "gunicorn"), "-c",
+                                      str(ROOT / "gunicorn.conf.py"), "service:create_app()"],
+                          env, logs / "gateway.log", url=f"http://{bind}/readyz"))
     return children, env
 
 
 SAMPLE_TOKEN = "TAGWARDEN_SAMPLE_CI_TOKEN"
+REPLICA_SYNC_WAIT = 30.0  # seconds
 
 
 def _api(env: dict[str, str], method: str, path: str, token: str,
@@ -212,9 +187,17 @@ def sample_ci_token(env: dict[str, str], data: Path) -> str:
     known = values.get(SAMPLE_TOKEN, "")
     if known and _api(env, "GET", "/api/v1/vulndb", known)[0] == 200:
         return known
-    status, answer = _api(env, "POST", "/api/v1/tokens", env["TAGWARDEN_ADMIN_TOKEN"], {
-        "name": f"make-run-sample-push-{secrets.token_hex(3)}", "role": "ci",
-        "repositories": ["team/*"]})
+    # `run-ha` (TAGWARDEN_REDIS_MIN_REPLICAS=1): writes are refused with a 503 until the replica
+    # is in sync, which Redis starts only after repl-diskless-sync-delay (5 s) from the replica's
+    # first request, later than the gateway is ready
+    deadline = time.monotonic() + REPLICA_SYNC_WAIT
+    while True:
+        status, answer = _api(env, "POST", "/api/v1/tokens", env["TAGWARDEN_ADMIN_TOKEN"], {
+            "name": f"make-run-sample-push-{secrets.token_hex(3)}", "role": "ci",
+            "repositories": ["team/*"]})
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if status != 201:
         raise RuntimeError(f"could not create the sample ci token (HTTP {status})")
     values[SAMPLE_TOKEN] = str(answer["token"])
@@ -296,18 +279,19 @@ def run(ha: bool = False) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     for child in children:
-        child.start()
-        if child.port and not _wait_port(child, children):
+        try:
+            child.start(abort=lambda: _dead(children))
+        except ExecutorError as exc:
             shutdown(children)
-            print(f"tagwarden dev: {child.name} did not start; see {child.log}", file=sys.stderr)
+            if child.url:
+                print(f"tagwarden dev: stack not ready ({exc}); see {data / 'logs'}",
+                      file=sys.stderr)
+            else:
+                print(f"tagwarden dev: {child.name} did not start ({exc}); see {child.log}",
+                      file=sys.stderr)
             return 1
     code = 0
     try:
-        if not _wait_ready(f"http://{env['TAGWARDEN_BIND']}/readyz", children):
-            dead = [c.name for c in children if c.proc and c.proc.poll() is not None]
-            print(f"tagwarden dev: stack not ready (stopped: {', '.join(dead) or 'none'}); "
-                  f"see {data / 'logs'}", file=sys.stderr)
-            return 1
         write_stack_env(env, data)
         try:
             ci_token = sample_ci_token(env, data)
@@ -318,16 +302,13 @@ def run(ha: bool = False) -> int:
         reported: set[str] = set()
         while not stopping:
             for c in children:
-                if not c.essential and c.proc and c.proc.poll() is not None and (
-                        c.name not in reported):
+                if not c.essential and c.exit_code is not None and c.name not in reported:
                     reported.add(c.name)
-                    print(f"tagwarden dev: {c.name} died (exit {c.proc.returncode}); the "
+                    print(f"tagwarden dev: {c.name} died (exit {c.exit_code}); the "
                           "sentinels fail over, the stack goes on", file=sys.stderr)
-            dead = [c for c in children
-                    if c.essential and c.proc and c.proc.poll() is not None]
+            dead = _dead([c for c in children if c.essential])
             if dead:
-                names = ", ".join(f"{c.name} (exit {c.proc.returncode})" for c in dead if c.proc)
-                print(f"tagwarden dev: {names} died; stopping the whole stack "
+                print(f"tagwarden dev: {dead} died; stopping the whole stack "
                       f"(see {data / 'logs'})", file=sys.stderr)
                 code = 1
                 break
@@ -338,13 +319,8 @@ def run(ha: bool = False) -> int:
 
 
 def shutdown(children: list[Child]) -> None:
-    """Stop in reverse order (worker first, Redis last), SIGKILL what lingers past 10 s."""
+    """Stop in reverse order (the gateway first, Redis last), SIGKILL what lingers past 10 s."""
     for child in reversed(children):
-        child.stop()
-        deadline = time.monotonic() + 10
-        while child.proc and child.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        child.stop(signal.SIGKILL)
-        if child.proc:
-            child.proc.wait()
+        if child.executor:
+            child.executor.stop_within(10.0)
     print("tagwarden dev: stopped.", file=sys.stderr)

@@ -39,8 +39,8 @@ import yaml
 from redis import Redis
 from rq import Worker
 
-from tests.helpers import oci, procs
-from tests.unit.scanner import fixtures
+from testkit import oci, procs
+from testkit import scan_fixtures as fixtures
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import requests
 
 from service.store import key
+from testkit import oci, procs
 from tests.faults.conftest import report, start_fault_stack
 from tests.faults.test_faults import _history, _pointer, _push, _registry_tag
-from tests.helpers import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_webhooks import wait_for
 

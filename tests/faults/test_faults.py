@@ -30,11 +30,11 @@ from service.store import TIMEOUT as STORE_TIMEOUT
 from service.store import key, tagmap
 from service.store.events import EventStore
 from service.store.inbox import GROUP, Inbox
+from testkit import oci, procs
+from testkit import scan_fixtures as fixtures
 from tests.faults.conftest import report, start_fault_stack
-from tests.helpers import oci, procs
 from tests.integration.conftest import CI_CREDS, Stack
 from tests.integration.test_webhooks import wait_for
-from tests.unit.scanner import fixtures
 
 # the gateway's deadline for one call to the registry in the registry-down scenario (seconds)
 REGISTRY_TIMEOUT = 5

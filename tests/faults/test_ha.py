@@ -15,9 +15,9 @@ import redis
 import requests
 
 from service.store.tokens import ROSTER_REFRESH
+from testkit import oci, procs
 from tests.faults.conftest import report, start_fault_stack
 from tests.faults.test_faults import NO_GATES, _history, _pointer, _policy, _push, _registry_tag
-from tests.helpers import oci, procs
 from tests.integration.conftest import TEST_ENV, Stack
 from tests.integration.test_webhooks import Receiver, wait_for
 

@@ -43,8 +43,8 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from service.http.gunicorn_worker import DEFAULT_READ_DEADLINE
+from testkit import procs
 from tests.faults.conftest import start_fault_stack
-from tests.helpers import procs
 from tests.integration.conftest import Stack
 
 # -- the registry's grammar (distribution's reference grammar; an oracle independent of the

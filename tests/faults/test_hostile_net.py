@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import requests
 
+from testkit import procs
 from tests.faults.conftest import start_fault_stack
 from tests.faults.test_hostile import OCI_INDEX, empty_index, sha256
-from tests.helpers import procs
 from tests.integration.conftest import Stack
 
 LIMIT = 30  # failed authentications per address and window in these stacks

@@ -1,1 +1,1 @@
-"""Shared helpers for the Tagwarden test suites."""
+"""Test-only helpers (the Harbor double); tooling the benchmarks share is in testkit/."""

@@ -10,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 
 CI_CREDS = f"ci:{procs.ADMIN_TOKEN}"
 oci.DEFAULT_CREDS = CI_CREDS

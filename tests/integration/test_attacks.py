@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack
 
 ACCEPT = ", ".join([oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST])

@@ -14,7 +14,7 @@ import requests
 
 from service.config import Settings
 from service.http.app import create_app
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push
 

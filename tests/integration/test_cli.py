@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.ops.cli.main import CI_SYSTEMS
-from tests.helpers.procs import ADMIN_TOKEN
+from testkit.procs import ADMIN_TOKEN
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push
 

@@ -20,7 +20,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack, start_stack
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import psutil
 import redis
 import requests
 
-from tests.helpers import procs
+from testkit import procs
 
 
 def _start(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen, dict[str, int]]:

@@ -15,7 +15,7 @@ from service.core.auth import BOOTSTRAP_ID
 from service.domain.durations import format_time
 from service.store import key
 from service.store.promotions import IDEMPOTENCY_TTL
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack, start_stack
 from tests.integration.test_promotions import push
 from tests.integration.test_webhooks import Receiver, wait_for

@@ -14,14 +14,14 @@ from pathlib import Path
 import requests
 from rq import Queue
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
+from testkit import scan_fixtures as fixtures
 from tests.helpers.harbor_double import HarborDouble
 from tests.integration.conftest import TEST_ENV, Stack, start_stack
 from tests.integration.test_features import api, put_policy
 from tests.integration.test_promotions import push, registry_digest
 from tests.integration.test_scans import _key, push_layout, scan
 from tests.integration.test_webhooks import events, wait_for
-from tests.unit.scanner import fixtures
 
 ENVIRONMENTS = {"develop": {}, "staging": {"from": "develop"},
                 "production": {"from": "staging"}}

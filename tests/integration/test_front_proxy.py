@@ -12,7 +12,7 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import V2, Stack
 
 

@@ -18,9 +18,9 @@ from types import ModuleType
 import pytest
 import yaml
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
+from testkit import scan_fixtures as fixtures
 from tests.integration.conftest import Stack
-from tests.unit.scanner import fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "tagwarden_client"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import procs
+from testkit import procs
 from tests.integration.conftest import Stack
 from tests.integration.test_cli import tw
 from tests.integration.test_promotions import push

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import procs
+from testkit import procs
 from tests.integration.conftest import Stack
 
 TAGWARDEN = str(Path(sys.executable).parent / "tagwarden")

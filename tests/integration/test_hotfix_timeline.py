@@ -11,11 +11,11 @@ import pytest
 import requests
 
 from service.domain.durations import format_time
-from tests.helpers import oci
+from testkit import oci
+from testkit import scan_fixtures as fixtures
 from tests.integration.conftest import Stack
 from tests.integration.test_scans import push_layout, scan, vulndb  # noqa: F401 - fixture
 from tests.integration.test_webhooks import wait_for
-from tests.unit.scanner import fixtures
 
 REPO = "hotfix/app"
 NOW = datetime.now(UTC)

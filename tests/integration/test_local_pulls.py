@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack, start_stack
 from tests.integration.test_attacks import ACCEPT, Client, token
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack, start_stack
 
 POLICY = {

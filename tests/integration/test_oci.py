@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_attacks import (
     Client,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import oras.client
 
-from tests.helpers.procs import ADMIN_TOKEN
+from testkit.procs import ADMIN_TOKEN
 from tests.integration.conftest import Stack
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from service.config import Settings
 from service.services import Services
-from tests.helpers import procs
+from testkit import procs
 from workers import deliveries
 
 HOST = "hooks.rebind.test"

@@ -17,7 +17,7 @@ from service.config import Settings
 from service.core import jobs
 from service.services import Services
 from service.store.promotions import LOCK_TIMEOUT
-from tests.helpers import procs
+from testkit import procs
 from tests.integration.conftest import Stack, start_stack
 from tests.integration.test_promotions import POLICY, push, registry_digest
 from tests.integration.test_webhooks import wait_for

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import oci
+from testkit import oci
 from tests.integration.conftest import V2, Stack
 
 POLICY = {

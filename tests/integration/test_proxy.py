@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.helpers import oci
+from testkit import oci
 from tests.integration.conftest import V2, Stack
 
 CHUNK = 1024 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from tests.helpers.procs import PeakRss
+from testkit.procs import PeakRss
 from tests.integration.conftest import V2, Stack
 
 MIB = 1024 * 1024

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import CI_CREDS, V2, Stack
 
 

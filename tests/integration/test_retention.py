@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from service.store.retention import RetentionStore
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack, start_stack
 from tests.integration.test_attacks import Client, registry, sha, token
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import oci
+from testkit import oci
+from testkit import scan_fixtures as fixtures
 from tests.integration.conftest import Stack
 from tests.integration.test_webhooks import wait_for
-from tests.unit.scanner import fixtures
 
 POLICY = {
     "name": "scanned",

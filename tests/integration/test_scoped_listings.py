@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import procs
+from testkit import procs
 from tests.integration.conftest import Stack, start_stack
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

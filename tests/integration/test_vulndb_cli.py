@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from testkit import scan_fixtures as fixtures
 from tests.integration.conftest import Stack, start_stack
 from tests.integration.test_attacks import token
 from tests.integration.test_cli import as_json, ok, tw
 from tests.integration.test_promotions import push
-from tests.unit.scanner import fixtures
 
 POLICY = {"name": "gated", "repositories": ["gated/*"], "scan_on_push": False,
           "promotion": {"develop": {}, "staging": {"from": "develop"},

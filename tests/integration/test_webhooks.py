@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from service.core.jobs import delivery_intervals
-from tests.helpers import oci, procs
+from testkit import oci, procs
 from tests.integration.conftest import Stack
 from tests.integration.test_promotions import push, registry_digest
 

@@ -1,4 +1,4 @@
-"""Tests for tests/helpers/oci.py: deterministic OCI images that skopeo can read."""
+"""Tests for testkit/oci.py: deterministic OCI images that skopeo can read."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from tests.helpers import oci
+from testkit import oci
 
 
 def _members(layer: oci.Layer) -> dict[str, tarfile.TarInfo]:

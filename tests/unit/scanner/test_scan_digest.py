@@ -10,8 +10,8 @@ import pytest
 
 from service.scanner.errors import ScanError
 from service.scanner.inventory import Inventory, inventory_of_streams
-from tests.helpers import oci
-from tests.unit.scanner import fixtures as fx
+from testkit import oci
+from testkit import scan_fixtures as fx
 from workers.scan import VerifiedBlob
 
 pytestmark = pytest.mark.unit

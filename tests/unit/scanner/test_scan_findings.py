@@ -14,8 +14,8 @@ from service.scanner.layers import iter_layer_files
 from service.scanner.matching import match_inventory
 from service.scanner.osv_export import read_osv
 from service.store.vulndb import VulnDB
-from tests.helpers import oci
-from tests.unit.scanner import fixtures as fx
+from testkit import oci
+from testkit import scan_fixtures as fx
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ import pytest
 from service.scanner.inventory import Inventory, build_inventory, inventory_of_streams
 from service.scanner.layers import iter_layer_files
 from service.scanner.parsers import classify, os_ecosystem
-from tests.helpers import oci
-from tests.unit.scanner import fixtures as fx
+from testkit import oci
+from testkit import scan_fixtures as fx
 
 pytestmark = pytest.mark.unit
 

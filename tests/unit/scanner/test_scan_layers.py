@@ -14,7 +14,7 @@ import zstandard
 
 from service.scanner.errors import FileTooLarge, ScanError
 from service.scanner.layers import iter_layer_files, normalize_path
-from tests.helpers import oci
+from testkit import oci
 
 pytestmark = pytest.mark.unit
 

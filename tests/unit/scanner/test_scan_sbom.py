@@ -9,8 +9,8 @@ import pytest
 from service.scanner.inventory import Inventory, build_inventory
 from service.scanner.layers import iter_layer_files
 from service.scanner.sbom import cyclonedx_json, image_purl, validation_errors
-from tests.helpers import oci
-from tests.unit.scanner import fixtures as fx
+from testkit import oci
+from testkit import scan_fixtures as fx
 
 pytestmark = pytest.mark.unit
 

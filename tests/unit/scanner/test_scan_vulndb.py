@@ -19,7 +19,7 @@ from service.domain.osv import (
 )
 from service.scanner.osv_export import read_osv
 from service.store.vulndb import VulnDB
-from tests.unit.scanner import fixtures as fx
+from testkit import scan_fixtures as fx
 
 pytestmark = pytest.mark.unit
 

@@ -125,7 +125,8 @@ def _compress(tar: bytes, compression: str) -> bytes:
             zstandard = importlib.import_module("zstandard")
         except ImportError as exc:
             raise RuntimeError("zstd layers need the 'zstandard' module") from exc
-        return zstandard.ZstdCompressor(level=3).compress(tar)
+        compressed: bytes = zstandard.ZstdCompressor(level=3).compress(tar)
+        return compressed
     if compression == "none":
         return tar
     raise ValueError(f"unknown compression {compression!r} (gzip, zstd or none)")
@@ -199,8 +200,8 @@ def tar_layer(
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for name in sorted(entries):
-            raw = payloads.get(name)
-            tf.addfile(entries[name], io.BytesIO(raw) if raw is not None else None)
+            payload = payloads.get(name)
+            tf.addfile(entries[name], io.BytesIO(payload) if payload is not None else None)
     return _layer_from_tar(buf.getvalue(), compression)
 
 
@@ -419,7 +420,8 @@ def _skopeo_base() -> list[str]:
     return cmd
 
 
-def _timed_out(cmd: list[str], exc: subprocess.TimeoutExpired, text: bool):
+def _timed_out(cmd: list[str], exc: subprocess.TimeoutExpired, text: bool
+               ) -> subprocess.CompletedProcess[Any]:
     def norm(v: Any) -> Any:
         if v is None:
             return "" if text else b""

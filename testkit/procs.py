@@ -1,4 +1,5 @@
-"""Start real redis-server, docker-registry and gunicorn processes for tests and benchmarks."""
+"""Start real redis-server, docker-registry and gunicorn processes for tests and benchmarks
+(with mirakuru, through service/ops/executors.py, as `make run` does)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
+from mirakuru.exceptions import ExecutorError
 
+from service.ops import executors
 from service.ops.registry_config import render_nginx_config, render_registry_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (testkit/procs.py)
 
 WEBHOOK_TOKEN = "test-webhook-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -28,21 +33,8 @@ def free_port() -> int:
     """A TCP port on loopback nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
-    """Block until something accepts on 127.0.0.1:port (or fail naming the port)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_http(url: str, timeout: float = 30.0, status: int = 200) -> None:
@@ -67,26 +59,30 @@ def wait_http(url: str, timeout: float = 30.0, status: int = 200) -> None:
 
 @dataclass
 class Proc:
-    """A started process that can be stopped, killed and restarted with the same argv."""
+    """A started process that can be stopped, killed and restarted with the same argv (a
+    mirakuru executor underneath; `proc` keeps the Popen of the last start, also once it
+    ended, for `pid` and `poll()`)."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
     log: Path
     port: int
-    proc: subprocess.Popen | None = None
-    extra: dict = field(default_factory=dict)
+    proc: subprocess.Popen[Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    ready_url: str = ""  # started once GET ready_url answers 200, else once the port accepts
+    executor: executors.Supervised | None = field(default=None, repr=False)
 
     def start(self, wait: bool = True) -> Proc:
-        """Start (in its own process group) and wait for the port."""
-        handle = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
-        )
-        handle.close()
-        if wait:
-            wait_port(self.port, self.proc)
+        """Start (in its own process group) and wait for the port, or `ready_url`."""
+        try:
+            self.executor = executors.start(
+                self.argv, self.env, self.log, timeout=50.0 if self.ready_url else 20.0,
+                port=f"127.0.0.1:{self.port}" if wait else "",
+                url=self.ready_url if wait else "")
+        except ExecutorError as exc:
+            raise RuntimeError(f"{self.name} did not start: {exc}\n{self.log_tail()}") from exc
+        self.proc = self.executor.process
         return self
 
     @property
@@ -96,16 +92,8 @@ class Proc:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Stop the process group; SIGKILL after `timeout`."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=timeout)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=timeout)
+        if self.executor is not None:
+            self.executor.stop_within(timeout, sig)
 
     def kill(self) -> None:
         """SIGKILL the whole group at once."""
@@ -150,9 +138,8 @@ def registry_server(workdir: Path, webhook_url: str, *, port: int | None = None)
         webhook_url=webhook_url, webhook_token=WEBHOOK_TOKEN,
     ))
     argv = [shutil.which("docker-registry") or "docker-registry", "serve", str(config)]
-    proc = Proc("registry", argv, dict(os.environ), workdir / "registry.log", port).start()
-    wait_http(f"http://127.0.0.1:{port}/v2/")
-    return proc
+    return Proc("registry", argv, dict(os.environ), workdir / "registry.log", port,
+                ready_url=f"http://127.0.0.1:{port}/v2/").start()
 
 
 ACCEL_PATH = "/_tagwarden/blobs/"
@@ -197,9 +184,8 @@ def gateway_server(workdir: Path, env: dict[str, str], *, port: int | None = Non
                TAGWARDEN_THREADS=str(threads))
     argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
             "service:create_app()"]
-    proc = Proc("gateway", argv, env, workdir / f"gateway-{port}.log", port).start()
-    wait_http(f"http://127.0.0.1:{port}/healthz")
-    return proc
+    return Proc("gateway", argv, env, workdir / f"gateway-{port}.log", port,
+                ready_url=f"http://127.0.0.1:{port}/healthz").start()
 
 
 def worker_process(workdir: Path, env: dict[str, str], name: str = "worker") -> Proc:

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import oci
+from testkit import oci
 
 SITE = "usr/local/lib/python3.11/site-packages"
 DELETED_DIST_INFO = f"{SITE}/requests-2.25.0.dist-info"
