@@ -2,9 +2,10 @@
 changed governed state is answered 2xx only once that many replicas hold every write it made.
 
 Promotions, rollbacks and hotfixes wait inside their own commit (service.core.promotions,
-with intents and settling); every other write — tokens, policies, bindings, approvals,
-verifications, retention, subscriptions, backups restored, vulnerability imports, registry
-events acknowledged to the registry, and /v2 manifest PUTs and deletes (tag map, bindings) —
+with intents and settling; their routes say `waits_for_replicas=True`); every other write —
+tokens, policies, bindings, approvals, verifications, retention, subscriptions, backups
+restored, vulnerability imports, registry events acknowledged to the registry, and /v2
+manifest PUTs and deletes (tag map, bindings) —
 is covered here: before the view, the primary must be streaming to enough replicas in sync
 (else 503 and nothing is written); after it, one barrier write and WAIT
 (service.store.replicated) proves the replicas hold the request's writes. Only a replica lost
@@ -15,30 +16,18 @@ before its replicas catch up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from redis.exceptions import RedisError
 
 from service.domain.errors import StoreUnavailable
+from service.http.api import meta as route_meta
 from service.http.errors import handle_domain
 from service.services import Services
 from service.store import NotReplicated, replicas_online, replicated
 
-OWN_COMMIT = "_tagwarden_durable_commit"
 READS = frozenset(("GET", "HEAD", "OPTIONS"))
 # /v2 writes that change governed state (blob uploads only hold a resumable session)
 V2_GOVERNED = frozenset((("manifest", "PUT"), ("manifest", "DELETE"), ("blob", "DELETE")))
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def commits_durably(view: F) -> F:
-    """Mark a view whose use case waits for its replicas itself (a second barrier after it
-    could only turn a durable 201 into a misleading 503)."""
-    setattr(view, OWN_COMMIT, True)
-    return view
 
 
 def _needs_barrier() -> bool:
@@ -47,8 +36,8 @@ def _needs_barrier() -> bool:
     route = g.get("v2_route")
     if route is not None:
         return (route.kind, request.method) in V2_GOVERNED
-    view = current_app.view_functions.get(request.endpoint or "")
-    return view is not None and not getattr(view, OWN_COMMIT, False)
+    meta = route_meta.current()  # a route that waits for its replicas itself needs no barrier
+    return meta is not None and not meta.waits_for_replicas
 
 
 def install(app: Flask, svc: Services) -> None:

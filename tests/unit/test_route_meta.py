@@ -34,7 +34,9 @@ def test_the_decorator_survives_smorest_and_states_what_the_tables_did(app: Flas
     """A few routes, spot-checked against what the five endpoint-keyed tables said."""
     assert meta.of(app, "promotions.create_promotion") == meta.RouteMeta(
         "ci", "repository+environment", audit="promotion.create", metric="promotion",
-        idempotent=True, errors=(400, 404, 409, 502))
+        idempotent=True, errors=(400, 404, 409, 502), waits_for_replicas=True)
+    assert meta.of(app, "promotions.create_rollback").waits_for_replicas
+    assert not meta.of(app, "tokens.create_token").waits_for_replicas
     assert meta.of(app, "backup.restore") == meta.RouteMeta(
         "admin", "", audit="backup.restore", body="stream")
     assert meta.of(app, "scans.import_vulndb").body == "upload"

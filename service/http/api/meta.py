@@ -2,7 +2,8 @@
 
 `@endpoint(...)` sits under `@blp.route(...)` on every view of the API and states who may call
 it (role and scope), what it audits, its rate class and metric label, the extra statuses its
-OpenAPI operation documents, and how its body is read. The request hooks (http/security,
+OpenAPI operation documents, how its body is read, and whether it waits for the Redis replicas
+itself (http/durability). The request hooks (http/security,
 http/metrics_hooks) and the OpenAPI builder read it from the index that `index(app)` builds
 once at app creation; that index fails when an /api/v1 route has no metadata, so a new
 endpoint cannot silently fall back to a default.
@@ -47,6 +48,9 @@ class RouteMeta:
     idempotent: bool = False  # takes an Idempotency-Key (documented)
     errors: tuple[int, ...] = ()  # statuses documented beyond the generic ones
     body: str = "json"
+    # the use case waits for TAGWARDEN_REDIS_MIN_REPLICAS itself (promotions: intent and
+    # commit); http/durability then adds no barrier of its own
+    waits_for_replicas: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,9 +70,11 @@ class RouteMeta:
 
 def endpoint(*, role: str | None, scope: str, audit: str | None = None,
              rate: str | None = "api", metric: str | None = None, idempotent: bool = False,
-             errors: tuple[int, ...] = (), body: str = "json") -> Callable[[F], F]:
+             errors: tuple[int, ...] = (), body: str = "json",
+             waits_for_replicas: bool = False) -> Callable[[F], F]:
     """Attach the route's metadata to its view (put it right under `@blp.route`)."""
-    meta = RouteMeta(role, scope, audit, rate, metric, idempotent, tuple(errors), body)
+    meta = RouteMeta(role, scope, audit, rate, metric, idempotent, tuple(errors), body,
+                     waits_for_replicas)
 
     def decorate(view: F) -> F:
         setattr(view, ATTRIBUTE, meta)

@@ -11,7 +11,6 @@ from service.core import history, promotions
 from service.domain.errors import InvalidRequest, NotFound
 from service.http.api import check_visible, listing_scope, svc
 from service.http.api.meta import endpoint
-from service.http.durability import commits_durably
 from service.http.schemas.promotions import (
     EnvironmentsQueryArgsSchema,
     EnvironmentsSchema,
@@ -43,9 +42,8 @@ def idempotency_key() -> str | None:
 
 
 @blp.route("/promotions", methods=["POST"])
-@commits_durably
 @endpoint(role="ci", scope="repository+environment", audit="promotion.create", metric="promotion",
-          idempotent=True, errors=(400, 404, 409, 502))
+          idempotent=True, errors=(400, 404, 409, 502), waits_for_replicas=True)
 @blp.arguments(PromotionRequestSchema)
 @blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
 @blp.alt_response(200, schema=PromotionSchema, description="dry run: nothing changed")
@@ -88,9 +86,8 @@ def get_promotion(promotion_id: str) -> dict[str, Any]:
 
 
 @blp.route("/rollbacks", methods=["POST"])
-@commits_durably
 @endpoint(role="ci", scope="repository+environment", audit="rollback.create", metric="rollback",
-          idempotent=True, errors=(400, 404, 409, 502))
+          idempotent=True, errors=(400, 404, 409, 502), waits_for_replicas=True)
 @blp.arguments(RollbackRequestSchema)
 @blp.response(201, PromotionSchema, headers=REPLAY_HEADERS)
 def create_rollback(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
