@@ -276,6 +276,8 @@ def _behaviour(env: _Env, d: Settings) -> dict[str, Any]:
                                         d.scanner_registry_url, schemes=HTTP, optional=True),
         "scanner_mode": env.str("TAGWARDEN_SCANNER_MODE", d.scanner_mode,
                                 validate=_one_of("builtin", "external", "both")),
+        "blob_send": env.str("TAGWARDEN_BLOB_SEND", d.blob_send,
+                             validate=_one_of("auto", "sendfile", "copy")),
         "rate_limit": env.rate("TAGWARDEN_RATE_LIMIT", d.rate_limit),
         "auth_failure_limit": env.rate("TAGWARDEN_AUTH_FAILURE_LIMIT", d.auth_failure_limit),
     })
@@ -329,6 +331,10 @@ class Settings:
     # the registry's filesystem `rootdirectory`, readable by the gateway: blob GETs sent from
     # it with sendfile, manifest GET/HEADs answered from the cache after its link files
     registry_storage: str = ""
+    # how a blob read from that storage is sent: `sendfile` (no copy through the process),
+    # `copy` (read and written in TAGWARDEN_PROXY_CHUNK_SIZE chunks), `auto`: copy to a peer
+    # on this host (loopback), sendfile otherwise (see README, "Pulls answered from the storage")
+    blob_send: str = "auto"
     # bytes of manifests each gateway process keeps (content-addressed, LRU)
     manifest_cache: int = 16 * 1024 * 1024
     reconcile_interval: int = 60

@@ -52,8 +52,11 @@ ACCEL_BLOBS = Counter("tagwarden_proxy_blob_redirects_total",
                       "Blob GETs authorized by the gateway and handed to the front proxy "
                       "(X-Accel-Redirect); their bytes are not in tagwarden_proxy_bytes_total")
 LOCAL_BLOBS = Counter("tagwarden_proxy_blob_sendfile_total",
-                      "Blob GETs answered from the registry's storage with sendfile "
-                      "(TAGWARDEN_REGISTRY_STORAGE)")
+                      "Blob GETs answered from the registry's storage "
+                      "(TAGWARDEN_REGISTRY_STORAGE), with sendfile or copied")
+LOCAL_BLOBS_COPIED = Counter("tagwarden_proxy_blob_copied_total",
+                             "Of those, the blob GETs copied (read and written) instead of "
+                             "sent with sendfile (TAGWARDEN_BLOB_SEND)")
 MANIFEST_CACHE_HITS = Counter("tagwarden_manifest_cache_hits_total",
                               "Manifest GET/HEADs answered from the gateway's manifest cache")
 PULL_EVENTS_DROPPED = Counter("tagwarden_pull_events_dropped_total",
@@ -137,6 +140,11 @@ def local_blob(length: int) -> None:
     """A blob GET answered with sendfile (`length` bytes)."""
     LOCAL_BLOBS.inc()
     PROXY_BYTES.labels("out").inc(length)
+
+
+def local_blob_copied() -> None:
+    """That blob GET was copied rather than sent with sendfile."""
+    LOCAL_BLOBS_COPIED.inc()
 
 
 def manifest_cache_hit() -> None:

@@ -151,6 +151,37 @@ def test_unreadable_storage_falls_back_to_streaming(tmp_path: Path):
         s.stop()
 
 
+def _both_ways(stack: Stack, client: Client, repo: str, data: bytes) -> None:
+    """A whole blob (several chunks and a short last one) and ranges, each as the registry
+    answers it."""
+    blob = client.blob(repo, data)
+    for spec in (None, "bytes=0-0", "bytes=3-9", f"bytes={len(data) - 5}-",
+                 "bytes=-1048577", "bytes=1048575-1048577"):
+        headers = {"Range": spec} if spec else {}
+        got = client.call("GET", f"/v2/{repo}/blobs/{blob}", headers=headers)
+        direct = registry(stack, "GET", f"/v2/{repo}/blobs/{blob}", **headers)
+        assert (got.status_code, got.content) == (direct.status_code, direct.content), spec
+        assert same_headers(got, direct) == {}, spec
+
+
+@pytest.mark.parametrize("mode", ["auto", "copy", "sendfile"])
+def test_a_blob_is_copied_to_a_local_peer_and_sent_with_sendfile_otherwise(
+        tmp_path: Path, mode: str):
+    """TAGWARDEN_BLOB_SEND: `auto` copies to a loopback peer (every test client is one),
+    `copy` always, `sendfile` never; the bytes and headers are the registry's either way."""
+    s = start_stack(tmp_path, worker=False, TAGWARDEN_BLOB_SEND=mode)
+    try:
+        client = Client(s, procs.ADMIN_TOKEN)
+        data = (uuid.uuid4().bytes * 65536)[: 2 * 1024 * 1024 + 12345]  # 1 MiB chunks + a rest
+        _both_ways(s, client, "team/send", data)
+        sent = counter(s, "tagwarden_proxy_blob_sendfile_total")
+        copied = counter(s, "tagwarden_proxy_blob_copied_total")
+        assert sent == 6
+        assert copied == (0 if mode == "sendfile" else 6)
+    finally:
+        s.stop()
+
+
 # -- manifests ------------------------------------------------------------------------------
 def test_a_cached_manifest_is_the_registrys_answer(stack: Stack, world: dict):
     ci, repo, digest = world["ci"], world["repo"], world["digest"]

@@ -19,8 +19,10 @@ did before, and its answer is the authority.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from flask import Response, current_app, g, request
 
@@ -85,6 +87,34 @@ def blob_headers(digest: str) -> list[tuple[str, str]]:
             API_VERSION, ("Etag", f'"{digest}"'), ("X-Content-Type-Options", "nosniff")]
 
 
+def sends_copy(mode: str, environ: dict[str, Any]) -> bool:
+    """Copy the blob (read, write) rather than `sendfile` it? On loopback a copy is faster:
+    the receiver's copy out of sendfile's page-cache pages (4 KiB fragments) is charged to
+    the sender, and a single stream measured 0.73x the registry with sendfile, 1.12x with
+    1 MiB copies (BENCHMARKS.md); over a NIC sendfile saves the process a copy."""
+    if mode != "auto":
+        return mode == "copy"
+    try:
+        return ipaddress.ip_address(clientaddr.peer_address(environ)).is_loopback
+    except ValueError:
+        return False  # a unix socket: no TCP receive path to pay for
+
+
+def copied(file: BinaryIO, length: int, chunk: int) -> Iterator[bytes]:
+    """`length` bytes of the open blob file in chunks, the file closed at the end (or when
+    the client goes away and the server closes the body)."""
+    try:
+        left = length
+        while left > 0:
+            data = file.read(min(chunk, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+    finally:
+        file.close()
+
+
 def blob(route: V2Route) -> Response | None:
     """A blob GET sent from the storage with sendfile, or None (the registry answers)."""
     svc = _svc()
@@ -108,7 +138,11 @@ def blob(route: V2Route) -> Response | None:
         file.seek(first)
         status, length = 206, last - first + 1
         extra = [("Content-Range", f"bytes {first}-{last}/{size}")]
-    body = request.environ["wsgi.file_wrapper"](file, svc.settings.proxy_chunk_size)
+    if sends_copy(svc.settings.blob_send, request.environ):
+        body: Any = copied(file, length, svc.settings.proxy_chunk_size)
+        metrics.local_blob_copied()
+    else:
+        body = request.environ["wsgi.file_wrapper"](file, svc.settings.proxy_chunk_size)
     resp = Response(body, status=status, direct_passthrough=True)
     resp.headers.clear()
     for key, value in [*blob_headers(digest), ("Content-Length", str(length)), *extra]:
