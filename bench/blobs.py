@@ -91,7 +91,8 @@ def _throughput_row(name: str, title: str, target: float, res: dict, via: str,
 # How the gateway side of a pull benchmark is deployed: the default (the gateway streams the
 # bytes itself), or the front-proxy deployment (nginx from `tagwarden nginx-config`: the
 # gateway authorizes each blob GET, nginx sends the file from the registry's storage).
-VIA = {"gateway": "gateway (from the storage: copied to this loopback client)", "front": "nginx front proxy + gateway"}
+VIA = {"gateway": "gateway (from the storage: copied to this loopback client)",
+       "front": "nginx front proxy + gateway"}
 SUFFIX = {"gateway": "", "front": "_front"}
 TITLE = {"gateway": "", "front": ", front-proxy deployment (nginx serves authorized blobs)"}
 
