@@ -39,6 +39,7 @@ def digest(n: int) -> str:
 
 
 def services(stack: BenchStack) -> Any:
+    from service.store.approvals import ApprovalStore
     from service.store.bindings import TagBindings
     from service.store.environments import EnvironmentStore
     from service.store.manifests import ManifestRefs
@@ -53,7 +54,7 @@ def services(stack: BenchStack) -> Any:
                            environments=EnvironmentStore(r), promotions=PromotionStore(r),
                            manifests=ManifestRefs(r), retention=RetentionStore(r),
                            scans=ScanStore(r), referrers=ReferrerIndex(r),
-                           registry=NoRegistry())
+                           approvals=ApprovalStore(r), registry=NoRegistry())
 
 
 def seed(svc: Any, now: float) -> None:

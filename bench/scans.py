@@ -40,18 +40,16 @@ OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 def available() -> str | None:
-    """None when the scanner can be benchmarked, else why not."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "workers" / "scan.py").exists():
-        return "workers/scan.py does not exist yet"
-    if importlib.util.find_spec("workers.scan") is None:
-        return "workers.scan cannot be imported"
-    import workers.scan as scan_mod
-
-    if not hasattr(scan_mod, "run_scan"):
-        return "workers/scan.py has no run_scan job entry point"
-    if not (root / "service" / "api" / "scans.py").exists():
-        return "the scans API does not exist yet"
+    """None when the scanner can be benchmarked, else why not (the scan job's entry point and
+    the scans API must import: a layout change that moves them fails here, loudly, instead of
+    leaving the row empty)."""
+    for module, attribute in (("workers.scan", "run_scan"), ("service.http.api.scans", "blp")):
+        try:
+            found = importlib.import_module(module)
+        except ImportError as exc:
+            return f"{module} cannot be imported ({exc})"
+        if not hasattr(found, attribute):
+            return f"{module} has no {attribute}"
     return None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -378,6 +380,11 @@ def test_acknowledged_writes_wait_for_a_replica(tmp_path: Path):
         finally:
             receiver.close()
         assert stack.worker is not None and stack.worker.proc.poll() is None  # not restarted
+        # the CLI finds the new primary through the sentinels too: the worker's liveness
+        health = subprocess.run([str(Path(sys.executable).parent / "tagwarden"), "healthcheck",
+                                 "--worker"], env=stack.env, capture_output=True, text=True,
+                                timeout=60)
+        assert health.returncode == 0, health.stdout + health.stderr
         report("acknowledged writes with a frozen replica (TAGWARDEN_REDIS_MIN_REPLICAS=1)",
                refused=refused, after_failover="token acknowledged before SIGKILL present",
                scheduled_retry_after_failover_s=retried_after)
