@@ -136,15 +136,15 @@ def accel_blob() -> None:
     ACCEL_BLOBS.inc()
 
 
-def local_blob(length: int) -> None:
-    """A blob GET answered with sendfile (`length` bytes)."""
+def local_blob(length: int, copied: bool = False) -> None:
+    """A blob GET answered from the storage: with sendfile (its `length` bytes counted here:
+    the kernel sends them), or copied (its chunks counted as they are sent, like any
+    streamed body)."""
     LOCAL_BLOBS.inc()
-    PROXY_BYTES.labels("out").inc(length)
-
-
-def local_blob_copied() -> None:
-    """That blob GET was copied rather than sent with sendfile."""
-    LOCAL_BLOBS_COPIED.inc()
+    if copied:
+        LOCAL_BLOBS_COPIED.inc()
+    else:
+        PROXY_BYTES.labels("out").inc(length)
 
 
 def manifest_cache_hit() -> None:

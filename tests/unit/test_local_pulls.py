@@ -64,11 +64,11 @@ class Recorded(list):
         self.append(event)
 
 
-def _get(app, path: str, **headers: str):
+def _get(app, path: str, peer: str = "198.51.100.20", **headers: str):
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "gw",
                "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
                "wsgi.errors": io.StringIO(), "wsgi.file_wrapper": Wrapper,
-               "REMOTE_ADDR": "127.0.0.1", "SERVER_PROTOCOL": "HTTP/1.1",
+               "REMOTE_ADDR": peer, "SERVER_PROTOCOL": "HTTP/1.1",
                **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()}}
     started: dict = {}
 
@@ -92,6 +92,18 @@ def test_a_linked_blob_is_answered_with_the_file_wrapper_itself(app):
     assert (event["action"], event["repository"], event["digest"], event["size"],
             event["source"], event["request"]["method"]) == (
         "pull", "team/app", DIGEST, len(DATA), "gateway", "GET")
+
+
+def test_a_linked_blob_is_copied_to_a_client_on_this_host_and_counted_once(app):
+    from service.obs import metrics
+
+    sent = metrics.PROXY_BYTES.labels("out")._value.get()
+    body, status, headers = _get(app, f"/v2/team/app/blobs/{DIGEST}", peer="127.0.0.1")
+    assert not isinstance(body, Wrapper)  # read and written: no sendfile on loopback
+    assert status == "200 OK" and headers["Content-Length"] == str(len(DATA))
+    assert b"".join(body) == DATA
+    body.close()
+    assert metrics.PROXY_BYTES.labels("out")._value.get() == sent + len(DATA)
 
 
 def test_a_blob_linked_in_another_repository_only_is_left_to_the_registry(app):

@@ -138,16 +138,16 @@ def blob(route: V2Route) -> Response | None:
         file.seek(first)
         status, length = 206, last - first + 1
         extra = [("Content-Range", f"bytes {first}-{last}/{size}")]
-    if sends_copy(svc.settings.blob_send, request.environ):
+    copy = sends_copy(svc.settings.blob_send, request.environ)
+    if copy:
         body: Any = copied(file, length, svc.settings.proxy_chunk_size)
-        metrics.local_blob_copied()
     else:
         body = request.environ["wsgi.file_wrapper"](file, svc.settings.proxy_chunk_size)
     resp = Response(body, status=status, direct_passthrough=True)
     resp.headers.clear()
     for key, value in [*blob_headers(digest), ("Content-Length", str(length)), *extra]:
         resp.headers.add(key, value)
-    metrics.local_blob(length)
+    metrics.local_blob(length, copied=copy)
     record_pull(svc, route.name, digest, BLOB_TYPE, size)
     return resp
 
