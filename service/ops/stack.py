@@ -225,6 +225,8 @@ def ha_children(env: dict[str, str], data: Path, host: str, port: int) -> list[C
     env["TAGWARDEN_REDIS_SENTINELS"] = ",".join(sentinels)
     env.setdefault("TAGWARDEN_REDIS_SENTINEL_MASTER", MASTER)
     env.setdefault("TAGWARDEN_REDIS_MIN_REPLICAS", "1")
+    # a scheduler lost in a failover is restarted within this (README, Guarantees)
+    env.setdefault("TAGWARDEN_WORKER_MAINTENANCE_INTERVAL", "10")
     (data / "redis-replica").mkdir(exist_ok=True)
     logs = data / "logs"
     children = [Child("redis-replica", redis_argv(host, port + 1, data / "redis-replica",

@@ -182,7 +182,10 @@ def _ha_stack(workdir: Path) -> tuple[Stack, procs.Proc, list[procs.Proc]]:
     env = procs.gateway_env(primary.port, registry.port, **TEST_ENV,
                             TAGWARDEN_REDIS_SENTINELS=",".join(
                                 f"127.0.0.1:{s.port}" for s in sentinels),
-                            TAGWARDEN_REDIS_MIN_REPLICAS="1")
+                            TAGWARDEN_REDIS_MIN_REPLICAS="1",
+                            # a scheduler that died with the old primary while its worker
+                            # lived on is restarted by the worker's next maintenance
+                            TAGWARDEN_WORKER_MAINTENANCE_INTERVAL="5")
     gateway = procs.gateway_server(workdir / "gateway", env, port=gw_port)
     stack = Stack(primary, registry, gateway, workdir, env)
     stack.worker = procs.worker_process(workdir / "worker", env)
