@@ -105,6 +105,8 @@ def create_app(config: Any = None) -> Flask:
     configure_request_log(app, settings.log_format, settings.trust_forwarded)
     svc = Services.build(settings)
     app.extensions["tagwarden"] = svc
+    if svc.breaker is not None:
+        app.before_request(svc.breaker.new_request)  # before any hook that calls Redis
     if settings.auth_stale_ttl:
         _keep_tokens_warm(app, svc)
     seed_policies(app, svc)

@@ -23,6 +23,13 @@ log = logging.getLogger("tagwarden.store")
 TIMEOUT = 2.0
 # While the breaker is open, Redis is probed this often (seconds) by a background thread.
 PROBE_INTERVAL = 0.25
+# ... and by a caller that would be refused, when no probe is in flight and none ended this
+# recently (seconds): a process notices Redis is back at its first call, not its next probe.
+TRIAL_GAP = 0.02
+# A thread pings at most once this often (seconds) or once per request (the gateway calls
+# new_request), so a request meets one ping's timeout at most (as it meets one command's
+# timeout when it is the call that opens the breaker).
+TRIAL_PER_THREAD = 1.0
 
 
 class BreakerOpen(redis.ConnectionError):
@@ -35,13 +42,19 @@ class Breaker:
     A connection error or timeout opens it; while open, guarded connections fail at once
     (a write answers 503 immediately instead of after a socket timeout, a read on the pull
     path falls back to its cache) and one background thread pings Redis every 0.25 s; the
-    first answer closes it again."""
+    first answer closes it again. A call that meets the open breaker while no ping is in
+    flight pings first (half-open): without it, a process would refuse calls for up to one
+    probe interval after Redis is back, while its siblings already serve them (a token
+    created on one just then could not be verified on another)."""
 
     def __init__(self, probe: redis.Redis | None = None) -> None:
         self.probe = probe
         self.open_since: float | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._probing = threading.Lock()  # held by the one ping in flight
+        self._last_probe = 0.0  # when the last ping ended (monotonic)
+        self._trials = threading.local()  # .at: when this thread last pinged
         self.listeners: list[Any] = []  # called (no arguments) when Redis is back
 
     @property
@@ -49,10 +62,42 @@ class Breaker:
         """Whether Redis is known to be unreachable."""
         return self.open_since is not None
 
+    def new_request(self) -> None:
+        """This thread starts a new request: it may ping again (see TRIAL_PER_THREAD)."""
+        self._trials.at = None
+
     def check(self) -> None:
-        """BreakerOpen while open."""
-        if self.open_since is not None:
+        """BreakerOpen while open, unless this call's own ping finds Redis back."""
+        if self.open_since is not None and not self._ping(trial=True):
             raise BreakerOpen("state store (Redis) unreachable")
+
+    def _ping(self, trial: bool) -> bool:
+        """Ping Redis through the probe client, closing the breaker when it answers. A trial
+        (a caller's ping) is skipped — False — while another ping is in flight, when one ended
+        less than TRIAL_GAP ago or when this thread pinged less than TRIAL_PER_THREAD ago: the
+        callers of a process make one ping at a time, a request at most one."""
+        if self.probe is None:
+            return False
+        last = getattr(self._trials, "at", None)
+        if trial and last is not None and time.monotonic() - last < TRIAL_PER_THREAD:
+            return False
+        if not self._probing.acquire(blocking=not trial):
+            return False
+        try:
+            if trial:
+                if time.monotonic() - self._last_probe < TRIAL_GAP:
+                    return False
+                self._trials.at = time.monotonic()
+            try:
+                answered = bool(self.probe.ping())
+            except (redis.RedisError, OSError):
+                answered = False
+            self._last_probe = time.monotonic()
+        finally:
+            self._probing.release()
+        if answered:
+            self.close()
+        return answered
 
     def trip(self, exc: BaseException) -> None:
         """Open (once) and start the prober."""
@@ -75,6 +120,10 @@ class Breaker:
             down = time.monotonic() - self.open_since
             self.open_since = None
         log.warning("redis reachable again after %.1f s", down)
+        if self.listeners:  # not on the caller whose ping closed it: catch-ups take time
+            threading.Thread(target=self._catch_up, name="redis-catch-up", daemon=True).start()
+
+    def _catch_up(self) -> None:
         for listener in list(self.listeners):
             try:
                 listener()
@@ -92,11 +141,7 @@ class Breaker:
                     self._thread = None
                     return
             time.sleep(PROBE_INTERVAL)
-            try:
-                if self.probe.ping():
-                    self.close()
-            except (redis.RedisError, OSError):
-                continue
+            self._ping(trial=False)
 
 
 class _Guarded:
