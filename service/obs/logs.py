@@ -8,9 +8,12 @@ Flask; the gateway's request hooks are in service.http.request_log.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 import time
-from typing import Any
+from collections import deque
+from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter as LibraryJsonFormatter
 
@@ -19,6 +22,10 @@ ENVIRON_KEY = "tagwarden.request_id"
 JOB_META_KEY = "request_id"
 # access-line fields shown by the text format after the message, in this order
 TEXT_FIELDS = ("route", "duration_ms", "actor", "client", "request_id")
+# the gateway's INFO lines reach the stream within this many seconds (see BatchingHandler)
+FLUSH_INTERVAL = 0.05
+# lines waiting for the writer; past this the logging thread writes them itself
+PENDING_MAX = 10_000
 
 
 def current_request_id() -> str | None:
@@ -111,9 +118,74 @@ class TextFormatter(logging.Formatter):
         return f"{head} {' '.join(extra)}{sep}{tail}"
 
 
-def setup_logging(fmt: str) -> None:
-    """Configure the tagwarden logger tree for json or text output."""
-    handler = logging.StreamHandler(sys.stderr)
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler for a process with many request threads: a line is formatted by the
+    thread that logs it and queued without a lock; one writer thread writes what gathered
+    every FLUSH_INTERVAL seconds, in one write. A WARNING or worse is written at once, after
+    the lines queued before it (order is kept). Measured on the manifest GET path (50
+    clients, 2 × 32 threads): the stock handler's lock per line — taken, contended, and
+    released with a wake-up while holding the GIL — was 11 % of the gateway's CPU.
+
+    INFO lines of the last FLUSH_INTERVAL are lost if the process is killed (SIGKILL, a
+    gunicorn timeout's abort); an exit flushes them (logging.shutdown)."""
+
+    def __init__(self, stream: TextIO, interval: float = FLUSH_INTERVAL) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self._lines: deque[str] = deque()
+        self._writer_pid = 0  # the process whose writer thread runs (gunicorn forks)
+        self._starting = threading.Lock()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit without the handler's lock (emit needs none)."""
+        passed = self.filter(record)
+        if passed:
+            self.emit(record)
+        return bool(passed)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record) + self.terminator)
+        except Exception:  # noqa: BLE001 - logging never raises into its caller
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING or len(self._lines) > PENDING_MAX:
+            self.flush()
+        elif self._writer_pid != os.getpid():
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        with self._starting:
+            if self._writer_pid == os.getpid():
+                return
+            self._writer_pid = os.getpid()
+            threading.Thread(target=self._write_every_interval, name="log-writer",
+                             daemon=True).start()
+
+    def _write_every_interval(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued line (in one write), then flush the stream."""
+        with self.lock:  # type: ignore[union-attr]
+            lines = []
+            while self._lines:
+                lines.append(self._lines.popleft())
+            try:
+                if lines:
+                    self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # the stream is gone (closed at exit)
+                pass
+
+
+def setup_logging(fmt: str, batched: bool = False) -> None:
+    """Configure the tagwarden logger tree for json or text output; `batched`: lines are
+    written by a writer thread (the gateway: see BatchingHandler). RQ workers write each line
+    at once: a work-horse ends with os._exit, which would drop queued lines."""
+    handler = BatchingHandler(sys.stderr) if batched else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger("tagwarden")

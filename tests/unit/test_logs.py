@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import logging
 import re
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import fakeredis
@@ -156,3 +160,67 @@ def test_logs_module_does_not_import_flask():
                 for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {name for name in imported if name.split(".")[0] == "flask"}
+
+
+def _batching(interval: float) -> tuple[logs.BatchingHandler, io.StringIO, logging.Logger]:
+    stream = io.StringIO()
+    handler = logs.BatchingHandler(stream, interval=interval)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(f"tagwarden.test.batch.{uuid.uuid4().hex}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return handler, stream, logger
+
+
+def test_batched_lines_from_many_threads_all_arrive_in_order_per_thread():
+    handler, stream, logger = _batching(0.02)
+
+    def log(n: int) -> None:
+        for i in range(500):
+            logger.info("t%d %d", n, i)
+
+    threads = [threading.Thread(target=log, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 5
+    while stream.getvalue().count("\n") < 4000 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the writer thread, not a flush by the test, writes them
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4000
+    for n in range(8):
+        assert [int(x.split()[2]) for x in lines if x.split()[1] == f"t{n}"] == list(range(500))
+
+
+def test_a_warning_is_written_at_once_after_the_lines_before_it():
+    handler, stream, logger = _batching(60.0)  # the writer thread would wait a minute
+    logger.info("first")
+    logger.info("second")
+    assert stream.getvalue() == ""
+    logger.warning("trouble")
+    assert stream.getvalue().splitlines() == ["INFO first", "INFO second", "WARNING trouble"]
+
+
+def test_an_info_line_takes_no_lock_held_by_another_thread():
+    handler, stream, logger = _batching(60.0)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with handler.lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    done = threading.Event()
+    threading.Thread(target=lambda: (logger.info("free"), done.set())).start()
+    try:
+        assert done.wait(2)  # the stock handler would block here until the lock is free
+    finally:
+        release.set()
+        holder.join()
+    handler.flush()
+    assert stream.getvalue() == "INFO free\n"
