@@ -24,6 +24,13 @@ CACHE_SIZE = 10_000
 # Every gateway process reloads the token table this often (seconds), so that it can verify,
 # during an outage, tokens that other processes served and it never saw.
 ROSTER_REFRESH = 15.0
+# A secret's hash → its token's metadata in one round trip (every authenticated request
+# makes it): KEYS token-hash:<hash>, tokens.
+LOOKUP = """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('HGET', KEYS[2], id)
+"""
 
 
 class VerifiedCache:
@@ -74,6 +81,7 @@ class TokenStore:
     def __init__(self, client: redis.Redis, stale_ttl: float = 0) -> None:
         self.r = client
         self.cache = VerifiedCache(stale_ttl)
+        self._lookup_script = client.register_script(LOOKUP)
 
     def create(self, meta: dict[str, Any], secret: str) -> None:
         """Store a token's metadata and the hash of its secret."""
@@ -122,10 +130,7 @@ class TokenStore:
         return thread
 
     def _lookup(self, digest: str) -> dict[str, Any] | None:
-        token_id = self.r.get(key("token-hash", digest))
-        if token_id is None:
-            return None
-        raw = self.r.hget(key("tokens"), token_id)
+        raw = self._lookup_script(keys=[key("token-hash", digest), key("tokens")], client=self.r)
         return json.loads(raw) if raw else None
 
     def get(self, token_id: str) -> dict[str, Any] | None:
