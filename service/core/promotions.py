@@ -140,7 +140,8 @@ def build_context(svc: Services, policy: Policy, repository: str, environment: s
                                 value if kind == "tag" else None),
         history_first_seen={env: _parse_time(at) for env, at in inputs.reached.items()},
         scan=scan_summary(svc, inputs),
-        newest_scan=svc.scans.newest(digest) if inputs.scan_id is None else None,
+        newest_scan=(svc.scans.get(inputs.newest_scan_id)
+                     if inputs.scan_id is None and inputs.newest_scan_id else None),
         referrer_types=frozenset(referrers.artifact_types(svc, repository, digest))
         if policy.gate(environment).referrers else frozenset(),
         now=datetime.now(UTC),

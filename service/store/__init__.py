@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -258,6 +259,27 @@ def replicated(client: redis.Redis, replicas: int, timeout_ms: int) -> None:
     pipe.incr(key("durability", "barrier"))
     durable(pipe, replicas, timeout_ms)
     check_replicated(pipe.execute()[-1], replicas)
+
+
+def script_then(client: redis.Redis, script: Any, keys: list[str], args: list[Any],
+                then: Callable[[Any], None] | None = None) -> list[Any]:
+    """Run a registered script and what `then` queues after it (a WAIT) in one pipeline, in
+    one round trip: EVALSHA alone, without the SCRIPT EXISTS round trip redis-py's pipelines
+    send first for every script they hold. A server that does not know the script (restarted,
+    failed over) refuses the EVALSHA before running anything: the script is loaded and the
+    pipeline sent once more."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if then is not None:
+            then(pipe)
+        try:
+            return list(pipe.execute())
+        except redis.exceptions.NoScriptError:
+            if attempt == 2:
+                raise
+            client.script_load(script.script)
+    raise AssertionError("unreachable")
 
 
 def key(*parts: str) -> str:

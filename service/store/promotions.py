@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from service.domain.errors import Conflict, IdempotencyMismatch
-from service.store import check_replicated, durable, key, tagmap
+from service.store import check_replicated, durable, key, script_then, tagmap
 from service.store.pagination import Visible, both, page
 
 log = logging.getLogger("tagwarden.store.promotions")
@@ -87,6 +87,7 @@ class GateInputs:
     tags: dict[str, str]  # the repository's tag map (tag -> digest)
     tags_complete: bool  # the tag map was compared with the registry's tag list recently
     scan_id: str | None  # the digest's latest succeeded scan
+    newest_scan_id: str | None = None  # the digest's most recently requested scan
 
 
 class PromotionStore:
@@ -100,6 +101,9 @@ class PromotionStore:
         self.min_replicas = min_replicas
         self.wait_ms = wait_ms
 
+    def _durable(self, pipe: Any) -> None:
+        durable(pipe, self.min_replicas, self.wait_ms)
+
     # -- locks and intents -----------------------------------------------------------------
     def lock(self, repository: str, environment: str, wait: float = 8.0) -> redis.lock.Lock:
         """The (repository, environment) lock; serialises promotions across processes."""
@@ -109,14 +113,11 @@ class PromotionStore:
     def write_intent(self, intent: dict[str, Any]) -> None:
         """Record what is about to be written to the registry (on the replicas too, with
         min_replicas: a failover must not forget an intent whose tag gets written)."""
-        pipe = self.r.pipeline(transaction=False)
-        self._write_intent(keys=[key("intent", intent["repository"], intent["environment"]),
-                                 key("intents")],
-                           args=[json.dumps(intent),
-                                 f"{intent['repository']}|{intent['environment']}"],
-                           client=pipe)
-        durable(pipe, self.min_replicas, self.wait_ms)
-        replies = pipe.execute()
+        replies = script_then(
+            self.r, self._write_intent,
+            keys=[key("intent", intent["repository"], intent["environment"]), key("intents")],
+            args=[json.dumps(intent), f"{intent['repository']}|{intent['environment']}"],
+            then=self._durable)
         if self.min_replicas:
             check_replicated(replies[-1], self.min_replicas)
 
@@ -160,12 +161,14 @@ class PromotionStore:
         pipe.hgetall(tagmap.map_key(repository))
         pipe.exists(tagmap.complete_key(repository))
         pipe.get(key("scan-latest", digest))
+        pipe.xrevrange(key("scans", "digest", digest), count=1)  # for a gate without a scan
         if environments:
             pipe.hmget(key("reached", repository), [f"{e}|{digest}" for e in environments])
-        tags, complete, scan_id, *reached = pipe.execute()
+        tags, complete, scan_id, newest, *reached = pipe.execute()
         firsts = zip(environments, reached[0], strict=True) if reached else ()
         return GateInputs(reached={env: at for env, at in firsts if at}, tags=tags,
-                          tags_complete=bool(complete), scan_id=scan_id)
+                          tags_complete=bool(complete), scan_id=scan_id,
+                          newest_scan_id=json.loads(newest[0][1]["d"])["id"] if newest else None)
 
     # -- the atomic commit -----------------------------------------------------------------
     def commit(self, record: dict[str, Any], expected: str | None, created_ms: int,
@@ -181,8 +184,8 @@ class PromotionStore:
         answer = json.dumps(idempotent["value"]) if idempotent else ""
         data = json.dumps(record, separators=(",", ":"), sort_keys=True)
         token = lock.local.token if lock is not None else None
-        pipe = self.r.pipeline(transaction=False)
-        self._commit(
+        replies = script_then(
+            self.r, self._commit,
             keys=[
                 key("env", repository),
                 key("history", "env", repository, environment),
@@ -200,10 +203,8 @@ class PromotionStore:
             args=[environment, expected or "", data, json.dumps(pointer), created_ms, answer,
                   record["digest"], record["created_at"], repository, "1" if written else "",
                   f"{repository}|{environment}", token or ""],
-            client=pipe,
+            then=self._durable,
         )
-        durable(pipe, self.min_replicas, self.wait_ms)
-        replies = pipe.execute()
         ok, value, released = replies[0]
         if lock is not None and token is not None:
             lock.local.token = None  # released by the script, or expired and taken by another
