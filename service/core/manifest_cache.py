@@ -10,11 +10,22 @@ least recently used out first; an entry larger than an eighth of the bound is no
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from service.registry.client import MANIFEST_TYPES, MAX_MANIFEST_BYTES, Manifest, RegistryClient
+from service.registry.storage import SHA256_RE, RegistryStorage
+
 ENTRY_OVERHEAD = 512  # the entry's objects and headers, roughly, besides the body
+# registry response headers a cached answer does not replay: hop-by-hop ones, the answer's
+# own date, server and request id, and a Location (none on a 200)
+NOT_REPLAYED = frozenset({"connection", "keep-alive", "proxy-authenticate",
+                          "proxy-authorization", "te", "trailer", "trailers",
+                          "transfer-encoding", "upgrade", "date", "server", "x-request-id",
+                          "location"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,22 @@ class CachedManifest:
     def cost(self) -> int:
         """Bytes this entry is counted for."""
         return len(self.body) + ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in self.headers)
+
+
+def served_entry(digest: str, status: int, headers: Iterable[tuple[str, str]],
+                 body: bytes) -> CachedManifest | None:
+    """The entry for the registry's answer to a GET of manifest `digest` (the gateway's own
+    reads and its clients' alike: both ask for the stored type), or None unless it is one to
+    keep: 200, a manifest type, at most 4 MiB, and both the registry's Docker-Content-Digest
+    and the sha256 of the bytes are `digest`."""
+    kept = tuple((k, v) for k, v in headers if k.lower() not in NOT_REPLAYED)
+    named = {k.lower(): v for k, v in kept}
+    media_type = named.get("content-type", "")
+    if (status != 200 or media_type not in MANIFEST_TYPES or len(body) > MAX_MANIFEST_BYTES
+            or named.get("docker-content-digest") != digest
+            or "sha256:" + hashlib.sha256(body).hexdigest() != digest):
+        return None
+    return CachedManifest(body, media_type, kept)
 
 
 class ManifestCache:
@@ -79,3 +106,25 @@ class ManifestCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def read(storage: RegistryStorage | None, cache: ManifestCache, registry: RegistryClient,
+         repository: str, reference: str) -> Manifest | None:
+    """A manifest by tag or digest, for the gateway's own use (a promotion's source): from
+    the cache when the registry's storage says the repository links it now — the link files
+    the registry itself reads, as a pull answered from the cache checks them — else from the
+    registry (`registry.get_manifest`), its answer kept for the next read and for pulls.
+    None when the registry has no such manifest in the repository."""
+    if storage is not None:
+        if SHA256_RE.match(reference):
+            digest = reference if storage.manifest_linked(repository, reference) else None
+        else:
+            digest = storage.tag_digest(repository, reference)
+        if digest is not None and (entry := cache.get(digest)) is not None:
+            return Manifest(entry.body, entry.media_type, digest)
+    manifest = registry.get_manifest(repository, reference)
+    if manifest is not None and storage is not None:
+        kept = served_entry(manifest.digest, 200, manifest.headers, manifest.body)
+        if kept is not None:
+            cache.put(manifest.digest, kept)
+    return manifest

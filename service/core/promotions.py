@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import LockError, RedisError
 
-from service.core import notify, referrers
+from service.core import manifest_cache, notify, referrers
 from service.core.governance import denial_message, policy_for, registry_digest_tags
 from service.domain.durations import format_time
 from service.domain.errors import (
@@ -86,15 +86,21 @@ def resolve_source(svc: Services, policy: Policy, req: dict[str, Any]) -> tuple[
         pointer = svc.environments.pointers(repository).get(value)
         if pointer is None:
             raise NotFound(f"environment {value!r} of {repository} points to nothing yet")
-        manifest = svc.registry.get_manifest(repository, pointer["digest"])
+        manifest = _manifest(svc, repository, pointer["digest"])
         if manifest is None:
             raise NotFound(f"manifest {pointer['digest']} of environment {value!r} is no longer "
                            f"in {repository}")
         return "environment", value, manifest
-    manifest = svc.registry.get_manifest(repository, value)
+    manifest = _manifest(svc, repository, value)
     if manifest is None:
         raise NotFound(f"{kind} {value!r} not found in repository {repository}")
     return kind, value, manifest
+
+
+def _manifest(svc: Services, repository: str, reference: str) -> Manifest | None:
+    """A source manifest, from this process's cache when the registry's storage links it."""
+    return manifest_cache.read(svc.storage, svc.manifest_cache, svc.registry, repository,
+                               reference)
 
 
 def digest_tags(svc: Services, repository: str, digest: str, environments: tuple[str, ...],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
@@ -40,6 +40,8 @@ class Manifest:
     body: bytes
     media_type: str
     digest: str
+    # the registry's response headers when it was just fetched (what a cache keeps of it)
+    headers: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def is_index(self) -> bool:
@@ -150,7 +152,8 @@ class RegistryClient:
             return None
         self._raise_for(resp, "GET manifest")
         body = resp.data
-        return Manifest(body, resp.headers.get("Content-Type", ""), sha256_digest(body))
+        return Manifest(body, resp.headers.get("Content-Type", ""), sha256_digest(body),
+                        tuple(resp.headers.items()))
 
     def head_manifest(self, repository: str, reference: str) -> str | None:
         """The digest a tag or digest resolves to, or None."""

@@ -18,7 +18,6 @@ did before, and its answer is the authority.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -26,11 +25,10 @@ from typing import Any, BinaryIO
 
 from flask import Response, current_app, g, request
 
-from service.core.manifest_cache import CachedManifest
+from service.core.manifest_cache import served_entry
 from service.core.pull_events import pull_event
 from service.http import clientaddr
 from service.obs import metrics
-from service.registry.client import MANIFEST_TYPES, MAX_MANIFEST_BYTES
 from service.registry.routes import V2Route
 from service.services import Services
 
@@ -202,12 +200,6 @@ def remember(upstream: Any, headers: list[tuple[str, str]]) -> None:
     """Keep a manifest the registry just served for a GET (already read), when its bytes are
     the digest the repository links."""
     digest = g.get("manifest_digest")
-    media_type = upstream.headers.get("Content-Type", "")
-    body = upstream.data
-    if (digest is None or upstream.status != 200 or media_type not in MANIFEST_TYPES
-            or len(body) > MAX_MANIFEST_BYTES
-            or upstream.headers.get("Docker-Content-Digest") != digest
-            or "sha256:" + hashlib.sha256(body).hexdigest() != digest):
-        return
-    kept = tuple((k, v) for k, v in headers if k.lower() not in ("x-request-id", "location"))
-    _svc().manifest_cache.put(digest, CachedManifest(body, media_type, kept))
+    entry = digest and served_entry(digest, upstream.status, headers, upstream.data)
+    if entry:
+        _svc().manifest_cache.put(digest, entry)
