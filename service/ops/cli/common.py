@@ -202,6 +202,26 @@ def call(api: Api, fn: Callable[[], Any], hint: str | None = None) -> tuple[Any,
         return None, report_error(exc, api, hint)
 
 
+def print_page(api: Api, fetch: Callable[[], Any], header: list[str],
+               row: Callable[[dict[str, Any]], list[str]], empty: str, more: str) -> int:
+    """Fetch one page of a listing and print it: as JSON with --json, else a table of its
+    items (`empty` when there are none, `more` on stderr when a next page exists)."""
+    page, failed = call(api, fetch)
+    if failed is not None:
+        return failed
+    if api.json:
+        print_json(page)
+        return 0
+    items = page.get("items") or []
+    if not items:
+        print(empty)
+        return 0
+    print(table(header, [row(item) for item in items]))
+    if page.get("next_cursor"):
+        print(more, file=sys.stderr)
+    return 0
+
+
 # -- CI detection -----------------------------------------------------------------------------
 
 # CI systems: (name, variable naming the run, variables that survive a retry of the step).

@@ -3,8 +3,6 @@ API (TAGWARDEN_URL / TAGWARDEN_TOKEN, like the other CI subcommands)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -20,8 +18,8 @@ from service.ops.cli.common import (
     fail,
     one_line,
     print_json,
+    print_page,
     short,
-    table,
 )
 
 
@@ -43,22 +41,12 @@ def _digest_of(api: Api, client: Any, repository: str, digest: str | None,
     return found, None
 
 
-def _page(api: Api, limit: int, fetch: Callable[[], Any], header: list[str],
-          row: Callable[[dict[str, Any]], list[str]]) -> int:
-    page, failed = call(api, fetch)
-    if failed is not None:
-        return failed
-    if api.json:
-        print_json(page)
-        return 0
-    items = page.get("items") or []
-    if not items:
-        print("nothing recorded")
-        return 0
-    print(table(header, [row(item) for item in items]))
-    if page.get("next_cursor"):
-        print(f"(more: --limit above {limit})", file=sys.stderr)
-    return 0
+NOTHING = "nothing recorded"
+
+
+def more_than(limit: int) -> str:
+    """The hint that a listing has more than one page."""
+    return f"(more: --limit above {limit})"
 
 
 def _withdraw(api: Api, client: Any, approval_id: str) -> int:
@@ -109,13 +97,14 @@ def approve(api: Api, repository: str | None, env: str | None, digest: str | Non
     if not repository:
         return fail("--repository is required")
     if listing:
-        return _page(api, limit, lambda: client.approvals(
+        return print_page(api, lambda: client.approvals(
             repository=repository, environment=env, digest=digest, limit=limit),
             ["CREATED", "ID", "ENV", "DIGEST", "APPROVER", "STATUS", "EXPIRES", "COMMENT"],
             lambda a: [a.get("created_at") or "-", a.get("id") or "-",
                        a.get("environment") or "-", short(a.get("digest")),
                        a.get("approver") or "-", a.get("status") or "-",
-                       a.get("expires_at") or "-", one_line(a.get("comment"))])
+                       a.get("expires_at") or "-", one_line(a.get("comment"))],
+            NOTHING, more_than(limit))
     if not env:
         return fail("--env (the environment the approval is for) is required")
     approved, failed = _digest_of(api, client, repository, digest, from_env)
@@ -165,12 +154,13 @@ def verify(api: Api, repository: str, env: str | None, digest: str | None, name:
     """POST /api/v1/verifications; --list: GET /api/v1/verifications."""
     client = client_for(api)
     if listing:
-        return _page(api, limit, lambda: client.verifications(
+        return print_page(api, lambda: client.verifications(
             repository=repository, digest=digest, environment=env, limit=limit),
             ["CREATED", "ENV", "DIGEST", "CHECK", "RESULT", "BY", "URL"],
             lambda v: [v.get("created_at") or "-", v.get("environment") or "-",
                        short(v.get("digest")), v.get("name") or "-", v.get("result") or "-",
-                       v.get("recorded_by") or "-", v.get("url") or "-"])
+                       v.get("recorded_by") or "-", v.get("url") or "-"],
+            NOTHING, more_than(limit))
     if not (env and name and result):
         return fail("--env, --name and --result are required to record a result")
     checked, failed = _digest_of(api, client, repository, digest, env)

@@ -16,6 +16,7 @@ from service.ops.cli.common import (
     client_for,
     one_line,
     print_json,
+    print_page,
     short,
     source_text,
     table,
@@ -43,24 +44,13 @@ def history(api: Api, repository: str, env: str | None, limit: int, every_page: 
             items += page.get("items") or []
         return {"items": items, "next_cursor": None}
 
-    page, failed = call(api, fetch)
-    if failed is not None:
-        return failed
-    if api.json:
-        print_json(page)
-        return 0
-    items = page.get("items") or []
-    if not items:
-        where = f" in {env}" if env else ""
-        print(f"no promotions of {repository}{where}")
-        return 0
-    rows = [[r.get("created_at") or "-", r.get("environment") or "-", r.get("kind") or "-",
-             short(r.get("digest")), source_text(r.get("source")),
-             one_line(r.get("actor")), one_line(r.get("reason"))] for r in items]
-    print(table(["TIME", "ENV", "KIND", "DIGEST", "SOURCE", "ACTOR", "REASON"], rows))
-    if page.get("next_cursor"):
-        print(f"(more: --all, or --limit above {limit})", file=sys.stderr)
-    return 0
+    where = f" in {env}" if env else ""
+    return print_page(
+        api, fetch, ["TIME", "ENV", "KIND", "DIGEST", "SOURCE", "ACTOR", "REASON"],
+        lambda r: [r.get("created_at") or "-", r.get("environment") or "-",
+                   r.get("kind") or "-", short(r.get("digest")), source_text(r.get("source")),
+                   one_line(r.get("actor")), one_line(r.get("reason"))],
+        f"no promotions of {repository}{where}", f"(more: --all, or --limit above {limit})")
 
 
 @click.command(

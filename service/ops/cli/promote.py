@@ -4,7 +4,8 @@ Idempotency-Key (and, for a rollback, the expected digest) derived from the CI r
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -26,6 +27,20 @@ from service.ops.cli.common import (
 
 EXIT_CODES = ("exit status: 0 success, 2 refused by policy (or a dry run that would be), "
               "1 any other error")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def move_options(expected_help: str, key_help: str) -> Callable[[F], F]:
+    """--reason, --expected-digest and --idempotency-key: what every move of an environment
+    takes (promote, rollback)."""
+    def wrap(command: F) -> F:
+        for option in reversed((
+                click.option("--reason", metavar="TEXT", help="why (recorded in the history)"),
+                click.option("--expected-digest", metavar="D", help=expected_help),
+                click.option("--idempotency-key", metavar="KEY", help=key_help))):
+            command = option(command)
+        return command
+    return wrap
 
 
 @click.command(
@@ -40,12 +55,9 @@ EXIT_CODES = ("exit status: 0 success, 2 refused by policy (or a dry run that wo
 @click.option("--digest", metavar="sha256:...", help="promote this digest")
 @click.option("--from", "from_env", metavar="ENV", help="promote what environment ENV points to")
 @click.option("--to", required=True, metavar="ENV", help="target environment")
-@click.option("--reason", metavar="TEXT", help="why (recorded in the history)")
-@click.option("--expected-digest", metavar="D",
-              help="refuse (409) unless the target points to this digest now")
+@move_options("refuse (409) unless the target points to this digest now",
+              "retrying with the same key replays the first answer")
 @click.option("--dry-run", is_flag=True, help="only say whether the promotion would be allowed")
-@click.option("--idempotency-key", metavar="KEY",
-              help="retrying with the same key replays the first answer")
 @api_options()
 def promote(api: Api, repository: str, tag: str | None, digest: str | None,
             from_env: str | None, to: str, reason: str | None, expected_digest: str | None,
@@ -162,13 +174,10 @@ def _rollback_expectation(client: Any, repository: str, env: str, key: str,
 @click.option("--env", required=True, metavar="ENV", help="environment to roll back")
 @click.option("--to", default="previous", metavar="previous|PROMOTION_ID",
               help="the previous digest (default) or a promotion id of ENV")
-@click.option("--reason", metavar="TEXT")
-@click.option("--expected-digest", metavar="D",
-              help="refuse (409) unless ENV points to this digest now (in CI: derived from the "
-                   "run, so a retried step never rolls back twice)")
-@click.option("--idempotency-key", metavar="KEY",
-              help="retrying with the same key replays the first answer (in CI: derived from "
-                   "the run)")
+@move_options("refuse (409) unless ENV points to this digest now (in CI: derived from the "
+              "run, so a retried step never rolls back twice)",
+              "retrying with the same key replays the first answer (in CI: derived from the "
+              "run)")
 @api_options()
 def rollback(api: Api, repository: str, env: str, to: str, reason: str | None,
              expected_digest: str | None, idempotency_key: str | None) -> int:
