@@ -243,7 +243,16 @@ def test_the_access_log_never_holds_a_token(proxied_stack: Stack):
         assert api(proxied_stack, "GET", "/api/v1/policies", token=secret).status_code == 200
         requests.get(f"{proxied_stack.gw_url}/v2/", auth=("ci", secret), timeout=10)
         requests.get(f"{proxied_stack.gw_url}/healthz", params={"token": secret}, timeout=10)
-    log = proxied_stack.gateway.log.read_text(errors="replace")
+    # access lines are written in order, in batches: once a last request's line is there,
+    # every line before it is
+    marker = f"last-{secret[-6:][::-1]}"
+    requests.get(f"{proxied_stack.gw_url}/healthz", headers={"X-Request-ID": marker}, timeout=10)
+
+    def written() -> str | None:
+        text = proxied_stack.gateway.log.read_text(errors="replace")
+        return text if marker in text else None
+
+    log = wait_for(written, timeout=10, interval=0.05)
     assert "route=/api/v1/policies" in log and "actor=logged" in log, log[-2000:]
     for leaked in (secret, procs.ADMIN_TOKEN, secret[len("tw_"):]):
         assert leaked not in log
