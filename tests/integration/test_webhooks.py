@@ -12,7 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 import requests
+from rq import Queue
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
 
 from service.core.jobs import delivery_intervals
 from testkit import oci, procs
@@ -148,8 +152,8 @@ def test_subscription_receives_signed_promotion_event(stack: Stack, policy, tmp_
 
 def test_failing_endpoint_is_retried_with_backoff(stack: Stack, policy, tmp_path: Path):
     """Five attempts in all, the gaps between them growing by the configured factor (x3 from
-    TAGWARDEN_DELIVERY_BACKOFF), no sixth one after the next backoff would have passed, and
-    the delivery ends `failed` with every attempt recorded."""
+    TAGWARDEN_DELIVERY_BACKOFF), no sixth one (the fifth attempt ends the RQ job), and the
+    delivery ends `failed` with every attempt recorded."""
     base = int(stack.env["TAGWARDEN_DELIVERY_BACKOFF"])
     receiver = Receiver(500)
     try:
@@ -163,7 +167,21 @@ def test_failing_endpoint_is_retried_with_backoff(stack: Stack, policy, tmp_path
         url = f"{stack.gw_url}/api/v1/subscriptions/{sub['id']}/deliveries"
         backoffs = delivery_intervals(base)  # between attempts 1-2, ..., 4-5
         wait_for(lambda: len(receiver.arrivals) >= 5, timeout=sum(backoffs) + 30, interval=0.1)
-        time.sleep(base * 3 ** len(backoffs) + 5)  # past the backoff a sixth attempt would use
+        delivery_id = receiver.requests[0][0]["X-Tagwarden-Delivery"]
+        # no sixth attempt can come: the fifth ends the job (finished, answering "failed";
+        # an attempt that is not the last raises, and RQ schedules the job again)
+        queue = Queue("tagwarden", connection=redis_lib.Redis(port=stack.redis.port))
+
+        def given_up() -> Job | None:
+            for job_id in FinishedJobRegistry(queue=queue).get_job_ids():
+                job = Job.fetch(job_id, connection=queue.connection)
+                if job.args and job.args[0] == delivery_id:
+                    return job
+            return None
+
+        job = wait_for(given_up, timeout=30, interval=0.2)
+        assert job.return_value() == "failed"
+        time.sleep(base * 3)  # more than RQ's scheduler tick: nothing arrives meanwhile
         assert len(receiver.requests) == 5
         gaps = [b - a for a, b in zip(receiver.arrivals, receiver.arrivals[1:], strict=False)]
         ratios = [b / a for a, b in zip(gaps, gaps[1:], strict=False)]
