@@ -10,22 +10,25 @@ least recently used out first; an entry larger than an eighth of the bound is no
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from service.registry.client import MANIFEST_TYPES, MAX_MANIFEST_BYTES, Manifest, RegistryClient
+from service.registry.client import (
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    RESPONSE_DROP,
+    Manifest,
+    RegistryClient,
+    sha256_digest,
+)
 from service.registry.storage import SHA256_RE, RegistryStorage
 
 ENTRY_OVERHEAD = 512  # the entry's objects and headers, roughly, besides the body
-# registry response headers a cached answer does not replay: hop-by-hop ones, the answer's
-# own date, server and request id, and a Location (none on a 200)
-NOT_REPLAYED = frozenset({"connection", "keep-alive", "proxy-authenticate",
-                          "proxy-authorization", "te", "trailer", "trailers",
-                          "transfer-encoding", "upgrade", "date", "server", "x-request-id",
-                          "location"})
+# registry response headers a cached answer does not replay: those not relayed to clients,
+# and the answer's own request id and Location (none on a 200)
+NOT_REPLAYED = RESPONSE_DROP | {"x-request-id", "location"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def served_entry(digest: str, status: int, headers: Iterable[tuple[str, str]],
     media_type = named.get("content-type", "")
     if (status != 200 or media_type not in MANIFEST_TYPES or len(body) > MAX_MANIFEST_BYTES
             or named.get("docker-content-digest") != digest
-            or "sha256:" + hashlib.sha256(body).hexdigest() != digest):
+            or sha256_digest(body) != digest):
         return None
     return CachedManifest(body, media_type, kept)
 

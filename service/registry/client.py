@@ -26,6 +26,12 @@ MANIFEST_TYPES = (
 INDEX_TYPES = MANIFEST_TYPES[1::2]
 ACCEPT_ALL = ", ".join(MANIFEST_TYPES)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# headers of one HTTP connection, not of the answer (RFC 9110 7.6.1): never relayed or kept
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "trailers", "transfer-encoding", "upgrade"))
+# a registry answer's headers that are not relayed to clients: the connection's, and the
+# answer's own date and server (the gateway's server answers)
+RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 READ_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2)
 # Pooled keep-alive connections can be closed by the registry while idle; a request that
 # can be replayed (no streamed body) is retried on a fresh connection instead of failing.

@@ -15,27 +15,11 @@ from flask import Response, current_app, g, request
 from service.core import governance
 from service.http import clientaddr
 from service.http.gunicorn_worker import lift_deadline
-from service.registry.client import RegistryClient
+from service.registry.client import HOP_BY_HOP, RESPONSE_DROP, RegistryClient
 from service.registry.routes import QUERY_PARAMS, BadRoute, V2Route
 from service.services import Services
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
-
-
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Trailers",
-        "Transfer-Encoding",
-        "Upgrade",
-    )
-)
 
 
 # Client headers the registry may see; the gateway sets Content-Length, Content-Type and the
@@ -47,9 +31,6 @@ REQUEST_PASS = frozenset({"accept", "accept-encoding", "range", "if-range", "if-
 
 REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "expect",
                              "x-tagwarden-blob-accel"}
-
-
-RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 
 
 BODY_METHODS = ("POST", "PUT", "PATCH")
