@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from service.domain.errors import Conflict, IdempotencyMismatch
-from service.store import check_replicated, durable, key, script_then, tagmap
+from service.store import check_replicated, durable, key, scans, script_then, tagmap
 from service.store.pagination import Visible, both, page
 
 log = logging.getLogger("tagwarden.store.promotions")
@@ -161,14 +161,14 @@ class PromotionStore:
         pipe.hgetall(tagmap.map_key(repository))
         pipe.exists(tagmap.complete_key(repository))
         pipe.get(key("scan-latest", digest))
-        pipe.xrevrange(key("scans", "digest", digest), count=1)  # for a gate without a scan
+        scans.read_newest(pipe, digest)  # for a gate without a succeeded scan
         if environments:
             pipe.hmget(key("reached", repository), [f"{e}|{digest}" for e in environments])
         tags, complete, scan_id, newest, *reached = pipe.execute()
         firsts = zip(environments, reached[0], strict=True) if reached else ()
         return GateInputs(reached={env: at for env, at in firsts if at}, tags=tags,
                           tags_complete=bool(complete), scan_id=scan_id,
-                          newest_scan_id=json.loads(newest[0][1]["d"])["id"] if newest else None)
+                          newest_scan_id=scans.newest_id(newest))
 
     # -- the atomic commit -----------------------------------------------------------------
     def commit(self, record: dict[str, Any], expected: str | None, created_ms: int,

@@ -15,6 +15,17 @@ ACTIVE_TTL = 6 * 3600  # longer than a scan's timeout times its attempts
 REPORT_TTL = 180 * 24 * 3600
 
 
+def read_newest(target: Any, digest: str) -> Any:
+    """Read a digest's most recently requested scan with a client (the reply) or queue it on a
+    pipeline; `newest_id` takes the reply."""
+    return target.xrevrange(key("scans", "digest", digest), count=1)
+
+
+def newest_id(reply: list[Any]) -> str | None:
+    """The scan id in the reply of `read_newest`, None when the digest was never scanned."""
+    return json.loads(reply[0][1]["d"])["id"] if reply else None
+
+
 class ScanStore:
     """Scans in Redis: records by id, indexes by repository and digest."""
 
@@ -85,8 +96,8 @@ class ScanStore:
 
     def newest(self, digest: str) -> dict[str, Any] | None:
         """The digest's most recently requested scan, whatever its status."""
-        found = self.r.xrevrange(key("scans", "digest", digest), count=1)
-        return self.get(json.loads(found[0][1]["d"])["id"]) if found else None
+        scan_id = newest_id(read_newest(self.r, digest))
+        return self.get(scan_id) if scan_id else None
 
     def list(self, repository: str | None, digest: str | None, limit: int,
              cursor: str | None, visible: Visible | None = None
