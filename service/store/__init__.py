@@ -268,18 +268,18 @@ def script_then(client: redis.Redis, script: Any, keys: list[str], args: list[An
     send first for every script they hold. A server that does not know the script (restarted,
     failed over) refuses the EVALSHA before running anything: the script is loaded and the
     pipeline sent once more."""
-    for attempt in (1, 2):
+    def send() -> list[Any]:
         pipe = client.pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys), *keys, *args)
         if then is not None:
             then(pipe)
-        try:
-            return list(pipe.execute())
-        except redis.exceptions.NoScriptError:
-            if attempt == 2:
-                raise
-            client.script_load(script.script)
-    raise AssertionError("unreachable")
+        return list(pipe.execute())
+
+    try:
+        return send()
+    except redis.exceptions.NoScriptError:
+        client.script_load(script.script)
+        return send()
 
 
 def key(*parts: str) -> str:

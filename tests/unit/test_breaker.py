@@ -97,7 +97,7 @@ def test_while_redis_is_down_a_request_pays_one_ping_at_most() -> None:
     for t in [first, *others]:
         t.join()
     assert slow.pings == 1 and len(errors) == 6
-    assert sorted(errors)[:5] == [e for e in sorted(errors)[:5] if e < 0.2]
+    assert all(e < 0.2 for e in sorted(errors)[:5])  # only the pinging caller waited
 
 
 def test_catch_ups_do_not_run_on_the_caller_that_closed_the_breaker() -> None:
