@@ -333,3 +333,52 @@ def test_pulls_never_see_the_registrys_link_rewrites(stack: Stack, world: dict):
     assert counts["direct 500"] > 0, "the registry never raced: the test proves nothing"
     assert counts["gateway"] > 100
     assert failures == [], failures[:10]
+
+
+# -- promotions read their source like a cached pull ----------------------------------------
+def _promote(stack: Stack, secret: str, repo: str, digest: str) -> requests.Response:
+    return requests.post(f"{stack.gw_url}/api/v1/promotions", timeout=20, json={
+        "repository": repo, "environment": "develop", "digest": digest},
+        headers={"Authorization": f"Bearer {secret}"})
+
+
+def test_a_promotion_never_takes_its_source_from_the_cache_of_another_repository(
+        stack: Stack, world: dict):
+    """Another team's manifest, cached by its own pulls, named as the source of a promotion
+    into this team's repository: 404, and the registry is asked for nothing of it (its
+    develop tag is never written). The same promotion of this repository's own manifest
+    works."""
+    admin, secret = world["admin"], world["secret_digest"]
+    for _ in range(4):  # cached in every gateway process
+        assert admin.call("GET", f"/v2/{world['secret_repo']}/manifests/{secret}",
+                          headers={"Accept": ACCEPT}).status_code == 200
+    ci = token(stack, "local-promoter", "ci", repositories=["team-a/*"],
+               environments=["develop"])
+    repo = f"team-a/promo-{uuid.uuid4().hex[:6]}"
+    own, _ = Client(stack, ci).image(repo, "v1.0.0", "promo")
+    refused = _promote(stack, ci, repo, secret)
+    assert refused.status_code == 404, refused.text
+    assert registry(stack, "HEAD", f"/v2/{repo}/manifests/develop").status_code == 404
+    done = _promote(stack, ci, repo, own)
+    assert done.status_code == 201, done.text
+    assert registry(stack, "HEAD", f"/v2/{repo}/manifests/develop").headers[
+        "Docker-Content-Digest"] == own
+
+
+def test_a_promotion_of_a_manifest_deleted_behind_the_gateway_is_404(stack: Stack,
+                                                                     world: dict):
+    """Cached by pulls, then deleted at the registry directly: the link file is gone, so the
+    promotion asks the registry, which says it is unknown; nothing is written."""
+    admin = world["admin"]
+    repo = f"team-a/promo-gone-{uuid.uuid4().hex[:6]}"
+    digest, _ = admin.image(repo, "v1.0.0", "promo-gone")
+    for _ in range(4):
+        assert admin.call("GET", f"/v2/{repo}/manifests/{digest}",
+                          headers={"Accept": ACCEPT}).status_code == 200
+    assert registry(stack, "DELETE", f"/v2/{repo}/manifests/{digest}").status_code == 202
+    gone = _promote(stack, procs.ADMIN_TOKEN, repo, digest)
+    assert gone.status_code == 404, gone.text
+    assert registry(stack, "HEAD", f"/v2/{repo}/manifests/develop").status_code == 404
+    history = stack.admin().get(f"{stack.gw_url}/api/v1/promotions", timeout=10, params={
+        "repository": repo, "environment": "develop"})
+    assert history.status_code == 404 and "no promotions" in history.text, history.text
